@@ -1,0 +1,191 @@
+"""The ``batchline`` command: worker, server, status, register."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from pipelines.loading import load_pipelines
+from queueing.errors import BatchlineError, ConfigError
+from queueing.settings import Settings
+from workers.stage import Stage, Topology
+
+log = logging.getLogger("batchline")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    pipelines = tuple(args.pipelines.split(",")) if getattr(args, "pipelines", None) else None
+    return Settings.from_env(
+        redis_url=getattr(args, "redis_url", None),
+        pipelines=pipelines,
+        worker_name=getattr(args, "name", None),
+        device=getattr(args, "device", None),
+    )
+
+
+def load_topologies(settings: Settings) -> dict[str, Topology]:
+    return {name: p.compile() for name, p in load_pipelines(settings.pipelines).items()}
+
+
+def select_stages(topologies: dict[str, Topology], targets: Sequence[str]) -> list[Stage]:
+    """``pipeline`` means all its stages; ``pipeline.stage`` one of them."""
+    chosen: list[Stage] = []
+    for target in targets:
+        pipeline = target.split(".", 1)[0]
+        topology = topologies.get(pipeline)
+        if topology is None:
+            raise ConfigError(
+                f"unknown pipeline {pipeline!r}; known: {', '.join(sorted(topologies)) or 'none'} "
+                f"(add modules with BATCHLINE_PIPELINES)"
+            )
+        if "." in target:
+            if target not in topology.stages:
+                raise ConfigError(
+                    f"pipeline {pipeline} has no stage {target!r}; its stages: "
+                    f"{', '.join(topology.stages)}"
+                )
+            chosen.append(topology.stages[target])
+        else:
+            chosen.extend(topology.stages.values())
+    return chosen
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from workers.worker import Worker
+
+    settings = _settings(args)
+    topologies = load_topologies(settings)
+    stages = select_stages(topologies, args.targets)
+    worker = Worker(list(topologies.values()), stages, settings, burst=args.burst)
+    asyncio.run(worker.run())
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from queueing.connection import connect_async
+    from workers.worker import publish
+
+    settings = _settings(args)
+    topologies = load_topologies(settings)
+
+    async def run() -> None:
+        client = connect_async(settings)
+        try:
+            await publish(client, settings, list(topologies.values()))
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+    print(f"registered: {', '.join(sorted(topologies))}")
+    return 0
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from queueing.server import EmbeddedServer
+
+    settings = _settings(args)
+    server = EmbeddedServer(args.data_dir or settings.data_dir, settings.redis_server).start()
+    print(f"REDIS_URL={server.url}", flush=True)
+    stopping = False
+
+    def stop(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        while not stopping and server.process is not None and server.process.poll() is None:
+            time.sleep(0.2)
+    finally:
+        server.stop()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from queueing.connection import broker_errors, connect_async
+    from queueing.overview import COUNTERS, Overview, overview
+
+    settings = _settings(args)
+
+    async def read() -> Overview:
+        client = connect_async(settings)
+        try:
+            with broker_errors():
+                return await overview(client, settings)
+        finally:
+            await client.aclose()
+
+    view = asyncio.run(read())
+    columns = ("done", "failed", "expired", "dead", "redelivered")
+    assert set(columns) <= set(COUNTERS)
+    rows: list[tuple[str, ...]] = [("stage", "backlog", *columns, "workers")]
+    for stage in view.stages.values():
+        rows.append(
+            (
+                stage.name,
+                str(stage.backlog),
+                *(str(stage.counters[c]) for c in columns),
+                str(len(stage.workers)),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    print(f"\nlive workers: {len(view.workers)}")
+    for name, doc in sorted(view.workers.items()):
+        print(f"  {name}: {', '.join(doc.get('stages', []))} on {doc.get('device', '?')}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="batchline", description=__doc__)
+    top.add_argument("--log-level", default=os.environ.get("BATCHLINE_LOG_LEVEL", "INFO"))
+    sub = top.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--redis-url", help="Redis server (default: REDIS_URL)")
+        p.add_argument("--pipelines", help="comma-separated modules defining pipelines")
+
+    worker = sub.add_parser("worker", help="run the stages of one or more pipelines")
+    worker.add_argument("targets", nargs="+", metavar="PIPELINE[.STAGE]")
+    worker.add_argument("--burst", action="store_true", help="drain the streams, then exit")
+    worker.add_argument("--name", help="stable consumer name (re-reads its own pending entries)")
+    worker.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    common(worker)
+    worker.set_defaults(run=cmd_worker)
+
+    register = sub.add_parser("register", help="publish the pipelines' specs to the registry")
+    common(register)
+    register.set_defaults(run=cmd_register)
+
+    server = sub.add_parser("server", help="run the embedded Redis server in the foreground")
+    server.add_argument("--data-dir", help="socket and AOF folder (default .batchline)")
+    server.set_defaults(run=cmd_server)
+
+    status = sub.add_parser("status", help="backlog, counters and live workers per stage")
+    common(status)
+    status.set_defaults(run=cmd_status)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        result: int = args.run(args)
+        return result
+    except BatchlineError as exc:
+        print(f"batchline: error: {exc}", file=sys.stderr)
+        return 2

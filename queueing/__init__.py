@@ -1,0 +1,54 @@
+"""Everything that touches Redis: settings, keys, the message codec, job records, the stream
+protocol, the registry, waking waiters, the embedded server and the enqueue client."""
+
+from queueing.client import AsyncClient, AsyncJob, Client, Job
+from queueing.errors import (
+    BatchlineError,
+    BrokerUnavailable,
+    ConfigError,
+    DecodeError,
+    IdempotencyConflict,
+    JobCancelled,
+    JobError,
+    JobExpired,
+    JobFailed,
+    QueueFull,
+    ResultTimeout,
+    UnknownJob,
+    UnknownPipeline,
+)
+from queueing.jobs import JobRecord, JobStatus, StageTiming
+from queueing.keys import Keys
+from queueing.message import Message
+from queueing.registry import PipelineSpec, StageSpec
+from queueing.server import EmbeddedServer
+from queueing.settings import Settings
+
+__all__ = [
+    "AsyncClient",
+    "AsyncJob",
+    "BatchlineError",
+    "BrokerUnavailable",
+    "Client",
+    "ConfigError",
+    "DecodeError",
+    "EmbeddedServer",
+    "IdempotencyConflict",
+    "Job",
+    "JobCancelled",
+    "JobError",
+    "JobExpired",
+    "JobFailed",
+    "JobRecord",
+    "JobStatus",
+    "Keys",
+    "Message",
+    "PipelineSpec",
+    "QueueFull",
+    "ResultTimeout",
+    "Settings",
+    "StageSpec",
+    "StageTiming",
+    "UnknownJob",
+    "UnknownPipeline",
+]

@@ -1,0 +1,117 @@
+"""Every error batchline raises, under one root.
+
+::
+
+    BatchlineError
+    ├── ConfigError            a setting has a bad value (the message names the variable)
+    ├── BrokerUnavailable      Redis cannot be reached (wraps redis-py's connection errors)
+    ├── DecodeError            a stream entry or payload cannot be decoded
+    ├── UnknownPipeline        no pipeline of that name is registered
+    ├── UnknownJob             no job of that id (or it expired, or belongs to someone else)
+    ├── QueueFull              the first stage's backlog is over its limit (has retry_after)
+    ├── IdempotencyConflict    an idempotency key was reused with a different input
+    └── JobError               a job ended without a result (has job_id)
+        ├── JobFailed          a stage raised, or the entry was dead-lettered (has stage)
+        ├── JobExpired         the deadline passed before a worker ran it
+        ├── JobCancelled       the job was cancelled
+        └── ResultTimeout      the caller stopped waiting; the job goes on
+"""
+
+from __future__ import annotations
+
+
+class BatchlineError(Exception):
+    """The root of every error batchline raises."""
+
+
+class ConfigError(BatchlineError, ValueError):
+    """A setting has a bad value; the message names the variable."""
+
+
+class BrokerUnavailable(BatchlineError, ConnectionError):
+    """Redis cannot be reached."""
+
+
+class DecodeError(BatchlineError, ValueError):
+    """A stream entry or payload cannot be decoded."""
+
+
+class UnknownPipeline(BatchlineError, LookupError):
+    """No pipeline of that name is registered."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"unknown pipeline {name!r}: no worker has registered it")
+        self.name = name
+
+
+class UnknownJob(BatchlineError, LookupError):
+    """No job of that id exists (it never did, it expired, or it is someone else's)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"unknown job {job_id!r}")
+        self.job_id = job_id
+
+
+class QueueFull(BatchlineError):
+    """The first stage's backlog is over its limit; try again after ``retry_after`` seconds."""
+
+    def __init__(self, pipeline: str, backlog: int, limit: int, retry_after: float = 1.0) -> None:
+        super().__init__(
+            f"pipeline {pipeline!r} is full: {backlog} queued, limit {limit}; "
+            f"retry after {retry_after:g}s"
+        )
+        self.pipeline = pipeline
+        self.backlog = backlog
+        self.limit = limit
+        self.retry_after = retry_after
+
+
+class IdempotencyConflict(BatchlineError):
+    """An idempotency key was reused with a different input."""
+
+    def __init__(self, key: str, job_id: str) -> None:
+        super().__init__(
+            f"idempotency key {key!r} already names job {job_id} with a different input"
+        )
+        self.key = key
+        self.job_id = job_id
+
+
+class JobError(BatchlineError):
+    """A job ended, or was waited on, without a result."""
+
+    def __init__(self, job_id: str, message: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
+class JobFailed(JobError):
+    """A stage raised on this job's item, or its entry was dead-lettered."""
+
+    def __init__(self, job_id: str, error: str, stage: str | None = None) -> None:
+        where = f" in stage {stage!r}" if stage else ""
+        super().__init__(job_id, f"job {job_id} failed{where}: {error}")
+        self.error = error
+        self.stage = stage
+
+
+class JobExpired(JobError):
+    """The job's deadline passed before a worker ran it."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id, f"job {job_id} expired before a worker ran it")
+
+
+class JobCancelled(JobError):
+    """The job was cancelled."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id, f"job {job_id} was cancelled")
+
+
+class ResultTimeout(JobError, TimeoutError):
+    """The caller stopped waiting for the result; the job itself goes on."""
+
+    def __init__(self, job_id: str, timeout: float) -> None:
+        super().__init__(job_id, f"job {job_id} has no result after {timeout:g}s; it goes on")
+        self.timeout = timeout

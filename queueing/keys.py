@@ -1,0 +1,103 @@
+"""Every Redis key, stream, group and channel name. Nothing else formats a key.
+
+Keys that a job touches carry its partition as a hash tag (``bl:{0}:...``) so that every
+transaction stays within one Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+
+_JOB_ID = re.compile(r"^(\d{1,4})-([0-9a-f]{32})$")
+_STAGE = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)?$")
+
+
+def new_job_id(partition: int) -> str:
+    """A job id: its partition, then 128 random bits (unguessable)."""
+    return f"{partition}-{secrets.token_hex(16)}"
+
+
+def partition_of(job_id: str) -> int:
+    """The partition a job id lives in; ValueError if it is not a job id."""
+    match = _JOB_ID.match(job_id)
+    if match is None:
+        raise ValueError(f"not a job id: {job_id!r}")
+    return int(match.group(1))
+
+
+def is_job_id(job_id: str) -> bool:
+    return _JOB_ID.match(job_id) is not None
+
+
+def check_name(name: str) -> str:
+    """Pipeline and stage names: letters, digits, ``_`` and ``-`` (``pipeline.stage``)."""
+    if not _STAGE.match(name):
+        raise ValueError(
+            f"bad name {name!r}: use letters, digits, '_' and '-' (and one '.' in pipeline.stage)"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under one prefix."""
+
+    prefix: str = "bl"
+
+    def _tag(self, partition: int) -> str:
+        return f"{self.prefix}:{{{partition}}}"
+
+    def stream(self, partition: int, stage: str) -> str:
+        """A stage's input stream; its consumer group is named after the stage."""
+        return f"{self._tag(partition)}:in:{stage}"
+
+    def entries(self, partition: int, stage: str) -> str:
+        """Hash: stream entry id -> job id of the stage's in-flight entries."""
+        return f"{self._tag(partition)}:entries:{stage}"
+
+    def dead(self, partition: int, stage: str) -> str:
+        """A stage's dead-letter stream."""
+        return f"{self._tag(partition)}:dead:{stage}"
+
+    def job(self, job_id: str) -> str:
+        return self.job_prefix(partition_of(job_id)) + job_id
+
+    def idempotency(self, partition: int, pipeline: str, key: str) -> str:
+        return f"{self._tag(partition)}:idem:{pipeline}:{key}"
+
+    def joins(self, job_id: str) -> str:
+        """Hash: the branch outputs a fan-out join has collected for one job."""
+        return f"{self._tag(partition_of(job_id))}:join:{job_id}"
+
+    @property
+    def registry(self) -> str:
+        """Hash: pipeline name -> spec (JSON)."""
+        return f"{self.prefix}:registry"
+
+    @property
+    def workers(self) -> str:
+        """Sorted set: consumer name -> last heartbeat (unix seconds)."""
+        return f"{self.prefix}:workers"
+
+    @property
+    def worker_info(self) -> str:
+        """Hash: consumer name -> what it runs (JSON)."""
+        return f"{self.prefix}:workers:info"
+
+    def stats(self, partition: int) -> str:
+        """Hash: counters (``<stage>:<what>`` -> count) for metrics and ``batchline status``."""
+        return f"{self._tag(partition)}:stats"
+
+    def job_prefix(self, partition: int) -> str:
+        """What a job id is appended to, to make its key (for the Lua scripts)."""
+        return f"{self._tag(partition)}:job:"
+
+    def notify(self, listener: str) -> str:
+        """Pub/sub channel of one listening process (a client or a gateway)."""
+        return f"{self.prefix}:notify:{listener}"
+
+    @staticmethod
+    def group(stage: str) -> str:
+        return stage

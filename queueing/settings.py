@@ -1,0 +1,120 @@
+"""The one settings object, read from the environment or given explicitly.
+
+``REDIS_URL`` names the server (``BATCHLINE_REDIS_URL`` wins over it); everything else is
+``BATCHLINE_<FIELD>`` in upper case, e.g. ``BATCHLINE_VISIBILITY_TIMEOUT_S=60``. A bad value
+raises :class:`~queueing.errors.ConfigError` naming the variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from queueing.errors import ConfigError
+
+ENV_PREFIX = "BATCHLINE_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything batchline can be told. Build one with :meth:`from_env` and pass it down."""
+
+    redis_url: str | None = None
+    """The Redis server; ``None`` means "start the embedded one" where that makes sense."""
+    prefix: str = "bl"
+    """First part of every key, so that several deployments can share one server."""
+    partitions: int = 1
+    """How many hash-tagged partitions each stage's stream is split into."""
+    result_ttl_s: float = 3600.0
+    """How long a finished job's record (and result) is kept."""
+    visibility_timeout_s: float = 30.0
+    """A consumer silent for this long loses its in-flight entries to a live worker."""
+    max_deliveries: int = 3
+    """An entry delivered this many times without finishing goes to the dead-letter stream."""
+    max_backlog: int = 100_000
+    """Default limit of a pipeline's first-stage backlog; submits past it raise QueueFull."""
+    durable_submit: bool = False
+    """Make submit wait for the AOF fsync (WAITAOF) so an accepted job survives a crash."""
+    block_ms: int = 1000
+    """How long one blocking read waits when a stage is idle."""
+    pipelines: tuple[str, ...] = ("pipelines.examples",)
+    """Modules to import for pipeline definitions (comma-separated in the environment)."""
+    device: str = "auto"
+    """Where models run: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1``..."""
+    data_dir: str = ".batchline"
+    """Where the embedded server keeps its socket and AOF."""
+    redis_server: str | None = None
+    """Explicit path of a redis-server / valkey-server binary for the embedded server."""
+    worker_name: str | None = None
+    """Stable consumer name (a restarted worker re-reads its own pending entries)."""
+    api_keys: tuple[str, ...] = ()
+    """SHA-256 hex digests of accepted API keys; empty means no auth."""
+    max_body_bytes: int = 1_048_576
+    """Largest request body the gateway accepts."""
+    max_wait_s: float = 60.0
+    """Longest a gateway call may wait for a result (long-poll and synchronous calls)."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read ``REDIS_URL`` and ``BATCHLINE_*``; keyword overrides win (e.g. CLI flags)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        if env.get("REDIS_URL"):
+            values["redis_url"] = env["REDIS_URL"]
+        for f in dataclasses.fields(cls):
+            name = ENV_PREFIX + f.name.upper()
+            if name in env and env[name] != "":
+                values[f.name] = _parse(name, env[name], f.type)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values).validated()
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes).validated()
+
+    def validated(self) -> Settings:
+        checks = [
+            ("partitions", self.partitions >= 1),
+            ("result_ttl_s", self.result_ttl_s > 0),
+            ("visibility_timeout_s", self.visibility_timeout_s > 0),
+            ("max_deliveries", self.max_deliveries >= 1),
+            ("max_backlog", self.max_backlog >= 1),
+            ("block_ms", self.block_ms >= 1),
+            ("max_body_bytes", self.max_body_bytes >= 1),
+            ("max_wait_s", self.max_wait_s > 0),
+            ("prefix", bool(self.prefix) and not any(c in self.prefix for c in "{}: ")),
+        ]
+        for name, ok in checks:
+            if not ok:
+                raise ConfigError(
+                    f"{ENV_PREFIX}{name.upper()}={getattr(self, name)!r} is out of range"
+                )
+        return self
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        """Heartbeats run three times per visibility timeout, so one lost beat costs nothing."""
+        return self.visibility_timeout_s / 3
+
+
+def _parse(name: str, raw: str, kind: Any) -> Any:
+    kind = str(kind)
+    try:
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+        if kind.startswith("bool"):
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected one of 1/0, true/false, yes/no, on/off")
+        if kind.startswith("tuple"):
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is not a valid {kind.split(' ')[0]}: {exc}") from exc
+    return raw

@@ -1,0 +1,1 @@
+"""Framework adapters: turning a framework's model into a batched stage."""

@@ -1,0 +1,27 @@
+"""Where models run: ``auto`` picks CUDA when torch sees a GPU, else the CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from queueing.errors import ConfigError
+
+
+def resolve_device(setting: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; explicit names are checked."""
+    setting = setting.strip().lower()
+    if setting == "cpu":
+        return "cpu"
+    has_torch = importlib.util.find_spec("torch") is not None
+    cuda = False
+    if has_torch:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    if setting == "auto":
+        return "cuda" if cuda else "cpu"
+    if setting.startswith("cuda"):
+        if not cuda:
+            raise ConfigError(f"BATCHLINE_DEVICE={setting!r}, but no CUDA device is available")
+        return setting
+    raise ConfigError(f"BATCHLINE_DEVICE={setting!r}: use auto, cpu, cuda or cuda:<index>")

@@ -1,0 +1,325 @@
+"""The loop of one stage: read, expire, run, hand off + ack, heartbeat, claim.
+
+Reading runs ahead of the model (one batch is prefetched while the current one computes), and
+the hand-off of a batch overlaps the next batch's compute. Every item ends in exactly one
+:class:`~queueing.streams.Outcome`; a batch whose handler raises is split in halves until the
+items that raise are alone, so one bad item fails alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis.exceptions
+
+from queueing.errors import DecodeError
+from queueing.jobs import StageTiming
+from queueing.message import Message, dumps, job_id_of
+from queueing.settings import Settings
+from queueing.streams import Delivery, Outcome, StageQueue
+from workers.batching import BatchContractError, BatchedHandler
+from workers.stage import Route, Stage
+
+log = logging.getLogger(__name__)
+
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+RETRY_S = 0.5
+T = TypeVar("T")
+
+OWN_PENDING_LIMIT = 100_000
+"""Most entries re-read at start-up from a previous life under the same consumer name."""
+
+
+@dataclass(slots=True)
+class _Item:
+    delivery: Delivery
+    message: Message
+    value: Any
+
+
+class StageLoop:
+    """Consumes one stage's stream until stopped (or, in burst mode, until it is empty)."""
+
+    def __init__(
+        self,
+        stage: Stage,
+        handler: BatchedHandler[Any],
+        queue: StageQueue,
+        settings: Settings,
+        *,
+        burst: bool = False,
+    ) -> None:
+        self.stage = stage
+        self.handler = handler
+        self.queue = queue
+        self.settings = settings
+        self.burst = burst
+        self.config = handler.config
+        self.held: dict[str, Delivery] = {}
+        """Entries read and not yet finished: touched on every heartbeat."""
+        self._inbox: asyncio.Queue[list[Delivery] | None] = asyncio.Queue(maxsize=1)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"model-{stage.name}")
+        self.processed = 0
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.queue.ensure_groups()
+        reader = asyncio.create_task(self._read_loop(stop), name=f"read:{self.stage.name}")
+        keeper = asyncio.create_task(self._heartbeat_loop(stop), name=f"beat:{self.stage.name}")
+        finishing: asyncio.Task[None] | None = None
+        try:
+            while (deliveries := await self._inbox.get()) is not None:
+                outcomes = await self.process(deliveries)
+                if finishing is not None:
+                    await finishing
+                finishing = asyncio.create_task(self.finish(outcomes))
+            if finishing is not None:
+                await finishing
+            await reader
+        finally:
+            for task in (reader, keeper):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            self._executor.shutdown(wait=False)
+
+    async def _read_loop(self, stop: asyncio.Event) -> None:
+        """Fill the inbox: first this consumer's own pending entries (a restart under the
+        same name), then new ones, in batches."""
+        try:
+            own = await self.queue.read(OWN_PENDING_LIMIT, None, own_pending=True)
+            size = self.config.max_batch_size
+            for start in range(0, len(own), size):
+                await self._put(own[start : start + size])
+            while not stop.is_set():
+                deliveries = await self._persist("read", self.read_batch)
+                if deliveries:
+                    await self._put(deliveries)
+                elif self.burst:
+                    claimed, _ = await self.queue.claim(self.config.max_batch_size)
+                    if not claimed:
+                        break
+                    await self._put(claimed)
+        finally:
+            await self._inbox.put(None)
+
+    async def _put(self, deliveries: list[Delivery]) -> None:
+        for delivery in deliveries:
+            self.held[delivery.entry_id] = delivery
+        await self._inbox.put(deliveries)
+
+    async def read_batch(self) -> list[Delivery]:
+        """Whatever is waiting, at once, up to max_batch_size; when fewer wait, more for at
+        most batch_wait_timeout_s."""
+        size = self.config.max_batch_size
+        block_ms = 100 if self.burst else self.settings.block_ms
+        deliveries = await self.queue.read(size, block_ms)
+        if not deliveries or len(deliveries) >= size or self.config.batch_wait_timeout_s <= 0:
+            return deliveries
+        deadline = time.monotonic() + self.config.batch_wait_timeout_s
+        while len(deliveries) < size:
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms < 1:
+                break
+            deliveries += await self.queue.read(size - len(deliveries), remaining_ms)
+        return deliveries
+
+    # -- one batch ---------------------------------------------------------------------------
+
+    async def process(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
+        """Decode, expire, start and run one batch; one outcome per delivery."""
+        outcomes: list[Outcome] = []
+        candidates: list[_Item] = []
+        now = time.time()
+        for delivery in deliveries:
+            try:
+                message = Message.decode(delivery.fields)
+                value = message.value()
+            except DecodeError as exc:
+                job_id = job_id_of(delivery.fields) or ""
+                log.warning(
+                    "stage %s: undecodable entry %s: %s", self.stage.name, delivery.entry_id, exc
+                )
+                outcomes.append(Outcome(delivery, job_id, "dead", f"undecodable entry: {exc}"))
+                continue
+            if message.deadline is not None and message.deadline < now:
+                outcomes.append(
+                    Outcome(
+                        delivery,
+                        message.job_id,
+                        "expired",
+                        "its deadline passed before a worker ran it",
+                    )
+                )
+                continue
+            candidates.append(_Item(delivery, message, value))
+        if not candidates:
+            return outcomes
+        jobs = [(item.delivery, item.message.job_id) for item in candidates]
+        statuses = await self._persist("start", lambda: self.queue.start(jobs))
+        items = []
+        for item, status in zip(candidates, statuses, strict=True):
+            if status == "run":
+                items.append(item)
+            else:  # cancelled, finished, or its record is gone: nothing to run
+                outcomes.append(Outcome(item.delivery, item.message.job_id, "skip"))
+        if items:
+            outcomes += await self.run_batch(items)
+        return outcomes
+
+    async def run_batch(self, items: list[_Item]) -> list[Outcome]:
+        started = time.time()
+        clock = time.perf_counter()
+        outputs = await self._run_isolating([item.value for item in items])
+        compute_s = time.perf_counter() - clock
+        self.processed += len(items)
+        outcomes = []
+        for item, output in zip(items, outputs, strict=True):
+            timing = dumps(
+                StageTiming(
+                    stage=self.stage.name,
+                    queue_wait_s=max(0.0, started - item.message.enqueued_at),
+                    batch_size=len(items),
+                    compute_s=compute_s,
+                    started_at=started,
+                ).to_dict()
+            )
+            outcome = self.hand_off(item, output)
+            outcome.timing = timing
+            outcomes.append(outcome)
+        return outcomes
+
+    def hand_off(self, item: _Item, output: Any) -> Outcome:
+        """Where one output goes: the route it names, the next stage, or the job's result."""
+        delivery, job_id = item.delivery, item.message.job_id
+        if isinstance(output, BaseException):
+            return Outcome(delivery, job_id, "failed", _describe(output))
+        target: str | None = None
+        if isinstance(output, Route):
+            try:
+                target = self._resolve_route(output.to)
+            except BatchContractError as exc:
+                return Outcome(delivery, job_id, "failed", str(exc))
+            output = output.value
+        elif self.stage.next and not self.stage.routes:
+            target = self.stage.next[0]
+        try:
+            data = dumps(output)
+        except TypeError as exc:
+            return Outcome(delivery, job_id, "failed", f"output cannot be encoded: {exc}")
+        if target is None:
+            return Outcome(delivery, job_id, "done", data)
+        message = Message(job_id, data, time.time(), item.message.deadline)
+        return Outcome(delivery, job_id, "next", targets=[(target, message)])
+
+    def _resolve_route(self, to: str) -> str:
+        pipeline = self.stage.name.split(".", 1)[0]
+        full = to if "." in to else f"{pipeline}.{to}"
+        if full not in self.stage.routes:
+            raise BatchContractError(
+                f"stage {self.stage.name} routed to {to!r}, which is not among its routes "
+                f"{list(self.stage.routes)}"
+            )
+        return full
+
+    async def _run_isolating(self, values: list[Any]) -> list[Any]:
+        """The handler's outputs; an item whose share of the batch raises gets the exception."""
+        try:
+            return await self._call(values)
+        except BatchContractError as exc:
+            return [exc] * len(values)
+        except Exception as exc:
+            if len(values) == 1:
+                return [exc]
+            log.info(
+                "stage %s: batch of %d raised %s; splitting it to isolate the failing items",
+                self.stage.name,
+                len(values),
+                type(exc).__name__,
+            )
+            middle = len(values) // 2
+            return await self._run_isolating(values[:middle]) + await self._run_isolating(
+                values[middle:]
+            )
+
+    async def _call(self, values: list[Any]) -> list[Any]:
+        if self.handler.is_async:
+            return await self.handler.call_batch(values)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, _call_sync, self.handler, values)
+
+    async def finish(self, outcomes: list[Outcome]) -> None:
+        if not outcomes:
+            return
+        # Safe to repeat: if a lost reply hid a success, the entries are no longer pending
+        # on this consumer and the fence makes the retry a no-op.
+        done = await self._persist("hand off", lambda: self.queue.finish(outcomes))
+        for outcome, ok in zip(outcomes, done, strict=True):
+            self.held.pop(outcome.delivery.entry_id, None)
+            if not ok:
+                log.info(
+                    "stage %s: entry %s was claimed by another worker; its result is theirs",
+                    self.stage.name,
+                    outcome.delivery.entry_id,
+                )
+
+    async def _persist(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Retry ``call`` while Redis is unreachable (it restarts; nothing is lost meanwhile)."""
+        while True:
+            try:
+                return await call()
+            except REDIS_DOWN as exc:
+                log.warning("stage %s: cannot %s (%s); retrying", self.stage.name, what, exc)
+                await asyncio.sleep(RETRY_S)
+
+    # -- liveness ----------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self, stop: asyncio.Event) -> None:
+        interval = self.settings.heartbeat_interval_s
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await stop.wait()
+            if stop.is_set():
+                return
+            try:
+                await self.beat()
+            except Exception:
+                log.exception("stage %s: heartbeat failed; retrying", self.stage.name)
+
+    async def beat(self) -> None:
+        """Keep this consumer's entries its own, and take over those of dead consumers."""
+        if self.held:
+            await self.queue.touch(list(self.held.values()))
+        if self._inbox.empty():
+            claimed, dead = await self.queue.claim(self.config.max_batch_size)
+            if dead:
+                log.warning("stage %s: dead-lettered %d entries", self.stage.name, dead)
+            if claimed:
+                log.info(
+                    "stage %s: claimed %d entries of a dead consumer", self.stage.name, len(claimed)
+                )
+                await self._put(claimed)
+
+
+def _call_sync(handler: BatchedHandler[Any], values: list[Any]) -> list[Any]:
+    """Run a sync handler in the model thread, under torch.inference_mode when torch is used."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return handler.call_batch_sync(values)
+    with torch.inference_mode():
+        return handler.call_batch_sync(values)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
