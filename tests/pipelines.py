@@ -1,0 +1,1 @@
+"""Pipelines used by the tests (loaded by workers through BATCHLINE_PIPELINES)."""
