@@ -1,8 +1,9 @@
 """The Python enqueue client: ``Client`` and ``AsyncClient``, twins over one core.
 
-They talk to Redis directly (no gateway): ``submit`` runs one script that creates the job
-record and appends the entry to the first stage's stream atomically; results come back through
-the job record, with a pub/sub wake-up so nobody polls.
+They talk to Redis directly (no gateway). ``submit`` runs one script that creates the job
+records and appends the entries to the first stage's stream atomically; a finished job wakes
+its waiters through pub/sub with its outcome, so nobody polls and, usually, nobody re-reads
+the record.
 
     >>> client = Client()                       # REDIS_URL from the environment
     >>> job = client.submit("echo", {"x": 1})
@@ -20,8 +21,8 @@ import secrets
 import sys
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -29,34 +30,32 @@ import redis.asyncio
 import redis.exceptions
 
 from queueing.connection import broker_errors, connect, connect_async, is_unknown_command
-from queueing.errors import (
-    ConfigError,
-    IdempotencyConflict,
-    QueueFull,
-    ResultTimeout,
-    UnknownJob,
-)
+from queueing.errors import ConfigError, IdempotencyConflict, QueueFull, ResultTimeout, UnknownJob
 from queueing.jobs import JobRecord, JobStatus
 from queueing.keys import Keys, is_job_id, new_job_id
 from queueing.message import Message, dumps
 from queueing.registry import PipelineSpec, lookup, parse_registry
 from queueing.scripts import CANCEL, SUBMIT, WATCH
 from queueing.settings import Settings
-from queueing.waiters import AsyncListener, Listener
+from queueing.waiters import AsyncListener, Listener, Waiter
 
 log = logging.getLogger(__name__)
 
 SUBMIT_CHUNK = 256
-"""Submissions sent per round trip by ``map``."""
+"""Most submissions sent in one script call (``map`` and ``submit_many`` chunk by it)."""
 
 
-@dataclass(frozen=True)
-class _SubmitCall:
-    job_id: str
+@dataclass
+class _SubmitBatch:
+    """One SUBMIT script call: jobs of one pipeline in one partition."""
+
     pipeline: str
-    idempotency_key: str | None
+    partition: int
     keys: list[str]
     args: list[Any]
+    indexes: list[int] = field(default_factory=list)
+    """Positions of these jobs in the caller's input list."""
+    idempotency_keys: list[str | None] = field(default_factory=list)
 
 
 class _Core:
@@ -76,69 +75,82 @@ class _Core:
             return zlib.crc32(f"{pipeline}:{idempotency_key}".encode()) % n
         return next(self._next_partition) % n
 
-    def submit_call(
+    def submit_batches(
         self,
         spec: PipelineSpec,
-        value: Any,
+        values: Sequence[Any],
         *,
         timeout_s: float | None,
         deadline: float | None,
-        idempotency_key: str | None,
+        idempotency_keys: Sequence[str | None],
         owner: str | None,
-    ) -> _SubmitCall:
+    ) -> list[_SubmitBatch]:
+        """The script calls that submit ``values``: one per partition touched."""
         now = time.time()
         if timeout_s is not None:
             if timeout_s <= 0:
                 raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
             deadline = now + timeout_s if deadline is None else min(deadline, now + timeout_s)
-        data = dumps(value)
-        partition = self.partition_for(spec.name, idempotency_key)
-        job_id = new_job_id(partition)
-        stage = spec.entry.name
-        message = Message(job_id, data, now, deadline)
         limit = spec.max_backlog or self.settings.max_backlog
         per_partition = max(1, -(-limit // self.settings.partitions))
-        use_idem = idempotency_key is not None
-        idem_key = (
-            self.keys.idempotency(partition, spec.name, idempotency_key)
-            if idempotency_key is not None
-            else self.keys.job(job_id)  # unused; same slot
-        )
-        keys = [
-            self.keys.stream(partition, stage),
-            self.keys.entries(partition, stage),
-            self.keys.job(job_id),
-            idem_key,
-        ]
-        args: list[Any] = [
-            job_id,
-            spec.name,
-            stage,
-            repr(now),
-            repr(deadline) if deadline is not None else "",
-            per_partition,
-            "1" if use_idem else "0",
-            hashlib.sha256(data).hexdigest() if use_idem else "",
-            int(self.settings.result_ttl_s),
-            self.channel,
-            owner or "",
-            *message.encode(),
-        ]
-        return _SubmitCall(job_id, spec.name, idempotency_key, keys, args)
+        stage = spec.entry.name
+        stamp = repr(now)
+        batches: dict[int, _SubmitBatch] = {}
+        for index, (value, idem) in enumerate(zip(values, idempotency_keys, strict=True)):
+            data = dumps(value)
+            partition = self.partition_for(spec.name, idem)
+            batch = batches.get(partition)
+            if batch is None:
+                batch = batches[partition] = _SubmitBatch(
+                    spec.name,
+                    partition,
+                    keys=[self.keys.stream(partition, stage), self.keys.entries(partition, stage)],
+                    args=[
+                        spec.name,
+                        stage,
+                        stamp,
+                        per_partition,
+                        int(self.settings.result_ttl_s),
+                        self.channel,
+                        owner or "",
+                        self.keys.job_prefix(partition),
+                    ],
+                )
+            job_id = new_job_id(partition)
+            fields = Message(job_id, data, now, deadline).encode()
+            batch.args += [
+                job_id,
+                repr(deadline) if deadline is not None else "",
+                self.keys.idempotency(partition, spec.name, idem) if idem is not None else "",
+                hashlib.sha256(data).hexdigest() if idem is not None else "",
+                len(fields),
+                *fields,
+            ]
+            batch.indexes.append(index)
+            batch.idempotency_keys.append(idem)
+        return list(batches.values())
 
-    def submit_reply(self, call: _SubmitCall, reply: list[bytes]) -> tuple[str, bool]:
-        """The job id (and whether this call created it), or the error the reply means."""
-        kind, value = reply[0].decode(), reply[1].decode()
-        if kind == "queued":
-            return value, True
-        if kind == "existing":
-            return value, False
-        if kind == "conflict":
-            assert call.idempotency_key is not None
-            raise IdempotencyConflict(call.idempotency_key, value)
-        spec = self.specs[call.pipeline]
-        limit = spec.max_backlog or self.settings.max_backlog
-        raise QueueFull(call.pipeline, int(value) * self.settings.partitions, limit)
+    def submit_replies(
+        self, batches: Sequence[_SubmitBatch], replies: Sequence[Any], count: int
+    ) -> list[tuple[str, bool]]:
+        """Per input: its job id and whether this call created it; or the error the replies mean."""
+        out: list[tuple[str, bool]] = [("", False)] * count
+        for batch, reply in zip(batches, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            if len(reply) == 1 and reply[0][0] == b"full":
+                spec = self.specs[batch.pipeline]
+                limit = spec.max_backlog or self.settings.max_backlog
+                backlog = int(reply[0][1]) * self.settings.partitions
+                raise QueueFull(batch.pipeline, backlog, limit)
+            for index, idem, (kind, job_id) in zip(
+                batch.indexes, batch.idempotency_keys, reply, strict=True
+            ):
+                if kind == b"conflict":
+                    assert idem is not None
+                    raise IdempotencyConflict(idem, job_id.decode())
+                out[index] = (job_id.decode(), kind == b"queued")
+        return out
 
     def check_job_id(self, job_id: str) -> str:
         if not is_job_id(job_id):
@@ -149,6 +161,13 @@ class _Core:
         if not raw:
             raise UnknownJob(job_id)
         return JobRecord.from_hash(job_id, raw)
+
+    def cancel_args(self, job_id: str) -> dict[str, Any]:
+        self.check_job_id(job_id)
+        return {
+            "keys": [self.keys.job(job_id)],
+            "args": [job_id, repr(time.time()), int(self.settings.result_ttl_s)],
+        }
 
     def cancel_reply(self, job_id: str, reply: bytes | None) -> JobStatus:
         if reply is None:
@@ -167,11 +186,26 @@ class _Core:
         raise ConfigError(f"BATCHLINE_DURABLE_SUBMIT needs AOF on the server: {exc}") from exc
 
 
-def _progress(done: int, total: int | None, started: float) -> None:
-    rate = done / max(time.perf_counter() - started, 1e-9)
-    of = f"/{total}" if total is not None else ""
-    sys.stderr.write(f"\r{done}{of} done, {rate:,.0f}/s")
-    sys.stderr.flush()
+def _remaining(limit: float | None) -> float | None:
+    return None if limit is None else limit - time.monotonic()
+
+
+class _Progress:
+    def __init__(self, enabled: bool, total: int | None) -> None:
+        self.enabled, self.total = enabled, total
+        self.done, self.started = 0, time.perf_counter()
+
+    def step(self) -> None:
+        self.done += 1
+        if self.enabled and (self.done % 100 == 0 or self.done == self.total):
+            rate = self.done / max(time.perf_counter() - self.started, 1e-9)
+            of = f"/{self.total}" if self.total is not None else ""
+            sys.stderr.write(f"\r{self.done}{of} done, {rate:,.0f}/s")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
 
 
 class Job:
@@ -200,30 +234,35 @@ class Job:
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the job's result: JobFailed / JobExpired / JobCancelled if it has none,
         ResultTimeout if ``timeout`` seconds pass first (the job goes on)."""
-        client = self.client
-        listener = client.listener()
-        event = listener.register(self.id)
+        listener = self.client.listener()
+        waiter = listener.register(self.id)
         try:
-            if not self._watched:
-                with broker_errors():
-                    reply = client._watch(
-                        keys=[client.core.keys.job(self.id)], args=[listener.channel]
-                    )
-                if reply is None:
-                    raise UnknownJob(self.id)
-                self._watched = True
             limit = None if timeout is None else time.monotonic() + timeout
+            if not self._watched:
+                self._watch(listener.channel)
+            elif waiter.notice is None:
+                waiter.event.wait(_remaining(limit))
             while True:
+                if waiter.notice is not None:
+                    return waiter.notice.outcome()
                 record = self.info()
                 if record.status.finished:
                     return record.outcome()
-                remaining = None if limit is None else limit - time.monotonic()
+                remaining = _remaining(limit)
                 if remaining is not None and remaining <= 0:
                     raise ResultTimeout(self.id, timeout or 0.0)
-                event.wait(remaining)
-                event.clear()
+                waiter.event.clear()
+                waiter.event.wait(remaining)
         finally:
-            listener.unregister(self.id, event)
+            listener.unregister(waiter)
+
+    def _watch(self, channel: str) -> None:
+        client = self.client
+        with broker_errors():
+            reply = client._watch(keys=[client.core.keys.job(self.id)], args=[channel])
+        if reply is None:
+            raise UnknownJob(self.id)
+        self._watched = True
 
 
 class AsyncJob:
@@ -250,39 +289,57 @@ class AsyncJob:
 
     async def result(self, timeout: float | None = None) -> Any:
         """Wait for the job's result; see :meth:`Job.result`."""
-        record = await self.wait(timeout)
-        return record.outcome()
+        waiter = await self._wait(timeout, need_record=False)
+        if waiter.notice is not None:
+            return waiter.notice.outcome()
+        return (await self.info()).outcome()
 
     async def wait(self, timeout: float | None = None) -> JobRecord:
         """Wait until the job has finished and return its record (ResultTimeout if not)."""
-        client = self.client
-        listener = await client.listener()
-        event = listener.register(self.id)
+        await self._wait(timeout, need_record=True)
+        return await self.info()
+
+    async def _wait(self, timeout: float | None, *, need_record: bool) -> Waiter:
+        """Returns once the job has finished (its notice in hand, or its record says so)."""
+        listener = await self.client.listener()
+        waiter = listener.register(self.id)
         try:
-            if not self._watched:
-                with broker_errors():
-                    reply = await client._watch(
-                        keys=[client.core.keys.job(self.id)], args=[listener.channel]
-                    )
-                if reply is None:
-                    raise UnknownJob(self.id)
-                self._watched = True
             limit = None if timeout is None else time.monotonic() + timeout
+            if not self._watched:
+                await self._watch(listener.channel)
+            elif waiter.notice is None:
+                await _wait_event(waiter.event, _remaining(limit))
             while True:
+                if waiter.notice is not None:
+                    return waiter
                 record = await self.info()
                 if record.status.finished:
-                    return record
-                remaining = None if limit is None else limit - time.monotonic()
+                    return waiter
+                remaining = _remaining(limit)
                 if remaining is not None and remaining <= 0:
                     raise ResultTimeout(self.id, timeout or 0.0)
-                try:
-                    async with asyncio.timeout(remaining):
-                        await event.wait()
-                except TimeoutError:
-                    pass
-                event.clear()
+                waiter.event.clear()
+                await _wait_event(waiter.event, remaining)
         finally:
-            listener.unregister(self.id, event)
+            listener.unregister(waiter)
+
+    async def _watch(self, channel: str) -> None:
+        client = self.client
+        with broker_errors():
+            reply = await client._watch(keys=[client.core.keys.job(self.id)], args=[channel])
+        if reply is None:
+            raise UnknownJob(self.id)
+        self._watched = True
+
+
+async def _wait_event(event: asyncio.Event, timeout: float | None) -> None:
+    if timeout is not None and timeout <= 0:
+        return
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        pass
 
 
 class Client:
@@ -345,7 +402,8 @@ class Client:
         owner: str | None = None,
     ) -> Job:
         """Enqueue one input. ``timeout_s`` (from now) or ``deadline`` (unix seconds) bound
-        when a worker may still start it; ``idempotency_key`` makes retries return the same job."""
+        when a worker may still start it; ``idempotency_key`` makes retries return the same
+        job (the same key with another input raises IdempotencyConflict)."""
         return self.submit_many(
             pipeline,
             [input],
@@ -365,34 +423,30 @@ class Client:
         idempotency_keys: Iterable[str | None] | None = None,
         owner: str | None = None,
     ) -> list[Job]:
-        """Enqueue several inputs in one round trip; each is its own job."""
+        """Enqueue several inputs in one round trip, each its own job; all or none (QueueFull)."""
         self.listener()  # subscribed before anything can finish
         spec = self.pipeline(pipeline)
-        inputs = list(inputs)
-        idem = list(idempotency_keys) if idempotency_keys is not None else [None] * len(inputs)
-        calls = [
-            self.core.submit_call(
+        values = list(inputs)
+        idem = list(idempotency_keys) if idempotency_keys is not None else [None] * len(values)
+        jobs: list[Job] = []
+        for start in range(0, len(values), SUBMIT_CHUNK):
+            chunk = slice(start, start + SUBMIT_CHUNK)
+            batches = self.core.submit_batches(
                 spec,
-                value,
+                values[chunk],
                 timeout_s=timeout_s,
                 deadline=deadline,
-                idempotency_key=key,
+                idempotency_keys=idem[chunk],
                 owner=owner,
             )
-            for value, key in zip(inputs, idem, strict=True)
-        ]
-        with broker_errors():
-            pipe = self.redis.pipeline(transaction=False)
-            for call in calls:
-                self._submit(keys=call.keys, args=call.args, client=pipe)
-            replies = pipe.execute(raise_on_error=False)
-            self._wait_for_aof()
-        jobs = []
-        for call, reply in zip(calls, replies, strict=True):
-            if isinstance(reply, Exception):
-                raise reply
-            job_id, created = self.core.submit_reply(call, reply)
-            jobs.append(Job(self, job_id, watched=created))
+            with broker_errors():
+                pipe = self.redis.pipeline(transaction=False)
+                for batch in batches:
+                    self._submit(keys=batch.keys, args=batch.args, client=pipe)
+                replies = pipe.execute(raise_on_error=False)
+                self._wait_for_aof()
+            ids = self.core.submit_replies(batches, replies, len(values[chunk]))
+            jobs += [Job(self, job_id, watched=created) for job_id, created in ids]
         return jobs
 
     def _wait_for_aof(self) -> None:
@@ -410,12 +464,8 @@ class Client:
 
     def cancel(self, job_id: str) -> JobStatus:
         """Cancel a job: a queued one never reaches a model. Returns the status after."""
-        self.core.check_job_id(job_id)
         with broker_errors():
-            reply = self._cancel(
-                keys=[self.core.keys.job(job_id)],
-                args=[job_id, repr(time.time()), int(self.core.settings.result_ttl_s)],
-            )
+            reply = self._cancel(**self.core.cancel_args(job_id))
         return self.core.cancel_reply(job_id, reply)
 
     def map(
@@ -427,62 +477,40 @@ class Client:
         timeout_s: float | None = None,
         progress: bool = False,
     ) -> Iterator[Any]:
-        """Submit every input, keeping at most ``max_in_flight`` queued, and yield the results
-        in input order. A job that fails raises its JobError when its turn comes."""
+        """Submit every input, keeping at most ``max_in_flight`` unfinished, and yield the
+        results in input order. A job that failed raises its JobError when its turn comes."""
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
         listener = self.listener()
         source = iter(inputs)
-        total = len(inputs) if hasattr(inputs, "__len__") else None  # type: ignore[arg-type]
-        in_flight: list[tuple[Job, Any]] = []  # (job, event), in input order
-        records: dict[str, JobRecord] = {}
-        started, done = time.perf_counter(), 0
+        bar = _Progress(progress, len(inputs) if isinstance(inputs, Sequence) else None)
+        in_flight: list[tuple[Job, Waiter]] = []
+        refill_at = max(1, min(SUBMIT_CHUNK, max_in_flight) // 2)
         exhausted = False
         try:
             while True:
                 room = max_in_flight - len(in_flight)
-                if not exhausted and room >= min(SUBMIT_CHUNK, max_in_flight) // 2:
+                if not exhausted and room >= refill_at:
                     chunk = list(itertools.islice(source, min(room, SUBMIT_CHUNK)))
-                    exhausted = len(chunk) < min(room, SUBMIT_CHUNK)
+                    exhausted = not chunk
                     if chunk:
                         jobs = self.submit_many(pipeline, chunk, timeout_s=timeout_s)
                         in_flight += [(job, listener.register(job.id)) for job in jobs]
                         continue
                 if not in_flight:
                     break
-                head, event = in_flight[0]
-                if head.id not in records:
-                    event.wait(self.core.settings.visibility_timeout_s)
-                    self._collect(in_flight, records)
-                    if head.id not in records:
-                        continue
-                record = records.pop(head.id)
-                listener.unregister(head.id, event)
-                in_flight.pop(0)
-                done += 1
-                if progress:
-                    _progress(done, total, started)
-                yield record.outcome()
+                job, waiter = in_flight.pop(0)
+                try:
+                    if waiter.notice is None:
+                        waiter.event.wait(self.core.settings.visibility_timeout_s)
+                    yield waiter.notice.outcome() if waiter.notice else job.result()
+                finally:
+                    listener.unregister(waiter)
+                bar.step()
         finally:
-            for job, event in in_flight:
-                listener.unregister(job.id, event)
-            if progress:
-                sys.stderr.write("\n")
-
-    def _collect(self, in_flight: list[tuple[Job, Any]], records: dict[str, JobRecord]) -> None:
-        """Fetch, in one round trip, the records of every in-flight job that was woken."""
-        woken = [job for job, event in in_flight if event.is_set() and job.id not in records]
-        if not woken:
-            woken = [in_flight[0][0]]  # nothing woke it in time: look anyway
-        with broker_errors():
-            pipe = self.redis.pipeline(transaction=False)
-            for job in woken:
-                pipe.hgetall(self.core.keys.job(job.id))
-            raws = pipe.execute()
-        for job, raw in zip(woken, raws, strict=True):
-            record = self.core.record(job.id, raw)
-            if record.status.finished:
-                records[job.id] = record
+            for _, waiter in in_flight:
+                listener.unregister(waiter)
+            bar.close()
 
 
 class AsyncClient:
@@ -563,34 +591,30 @@ class AsyncClient:
         idempotency_keys: Iterable[str | None] | None = None,
         owner: str | None = None,
     ) -> list[AsyncJob]:
-        """Enqueue several inputs in one round trip; each is its own job."""
+        """Enqueue several inputs in one round trip, each its own job; all or none."""
         await self.listener()
         spec = await self.pipeline(pipeline)
-        inputs = list(inputs)
-        idem = list(idempotency_keys) if idempotency_keys is not None else [None] * len(inputs)
-        calls = [
-            self.core.submit_call(
+        values = list(inputs)
+        idem = list(idempotency_keys) if idempotency_keys is not None else [None] * len(values)
+        jobs: list[AsyncJob] = []
+        for start in range(0, len(values), SUBMIT_CHUNK):
+            chunk = slice(start, start + SUBMIT_CHUNK)
+            batches = self.core.submit_batches(
                 spec,
-                value,
+                values[chunk],
                 timeout_s=timeout_s,
                 deadline=deadline,
-                idempotency_key=key,
+                idempotency_keys=idem[chunk],
                 owner=owner,
             )
-            for value, key in zip(inputs, idem, strict=True)
-        ]
-        with broker_errors():
-            pipe = self.redis.pipeline(transaction=False)
-            for call in calls:
-                await self._submit(keys=call.keys, args=call.args, client=pipe)
-            replies = await pipe.execute(raise_on_error=False)
-            await self._wait_for_aof()
-        jobs = []
-        for call, reply in zip(calls, replies, strict=True):
-            if isinstance(reply, Exception):
-                raise reply
-            job_id, created = self.core.submit_reply(call, reply)
-            jobs.append(AsyncJob(self, job_id, watched=created))
+            with broker_errors():
+                pipe = self.redis.pipeline(transaction=False)
+                for batch in batches:
+                    await self._submit(keys=batch.keys, args=batch.args, client=pipe)
+                replies = await pipe.execute(raise_on_error=False)
+                await self._wait_for_aof()
+            ids = self.core.submit_replies(batches, replies, len(values[chunk]))
+            jobs += [AsyncJob(self, job_id, watched=created) for job_id, created in ids]
         return jobs
 
     async def _wait_for_aof(self) -> None:
@@ -601,17 +625,15 @@ class AsyncClient:
                 self.core.waitaof_failed(exc)
 
     async def job(self, job_id: str) -> AsyncJob:
+        """A handle on an existing job (UnknownJob if there is none)."""
         job = AsyncJob(self, self.core.check_job_id(job_id))
         await job.info()
         return job
 
     async def cancel(self, job_id: str) -> JobStatus:
-        self.core.check_job_id(job_id)
+        """Cancel a job: a queued one never reaches a model. Returns the status after."""
         with broker_errors():
-            reply = await self._cancel(
-                keys=[self.core.keys.job(job_id)],
-                args=[job_id, repr(time.time()), int(self.core.settings.result_ttl_s)],
-            )
+            reply = await self._cancel(**self.core.cancel_args(job_id))
         return self.core.cancel_reply(job_id, reply)
 
     async def map(
@@ -622,25 +644,22 @@ class AsyncClient:
         max_in_flight: int = 1000,
         timeout_s: float | None = None,
     ) -> AsyncIterator[Any]:
-        """Submit every input, at most ``max_in_flight`` at once; yield results in order."""
+        """Submit every input, at most ``max_in_flight`` unfinished; yield results in order."""
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
         source = iter(inputs)
         pending: list[asyncio.Task[Any]] = []
-
-        async def refill() -> bool:
-            chunk = list(itertools.islice(source, min(max_in_flight - len(pending), SUBMIT_CHUNK)))
-            if chunk:
-                jobs = await self.submit_many(pipeline, chunk, timeout_s=timeout_s)
-                pending.extend(asyncio.create_task(job.result()) for job in jobs)
-            return bool(chunk)
-
         try:
-            while await refill() or pending:
-                while pending and (pending[0].done() or len(pending) >= max_in_flight):
-                    yield await pending.pop(0)
-                if pending and not pending[0].done():
-                    await asyncio.wait([pending[0]])
+            while True:
+                room = max_in_flight - len(pending)
+                chunk = list(itertools.islice(source, min(room, SUBMIT_CHUNK)))
+                if chunk:
+                    jobs = await self.submit_many(pipeline, chunk, timeout_s=timeout_s)
+                    pending += [asyncio.create_task(job.result()) for job in jobs]
+                    continue
+                if not pending:
+                    return
+                yield await pending.pop(0)
         finally:
             for task in pending:
                 task.cancel()

@@ -8,7 +8,9 @@ from typing import Any
 
 import redis
 import redis.asyncio
+import redis.connection
 import redis.exceptions
+import redis.utils
 
 from queueing.errors import BrokerUnavailable, ConfigError
 from queueing.settings import Settings
@@ -38,11 +40,29 @@ def connect(settings: Settings, **options: Any) -> redis.Redis:
 def connect_async(settings: Settings, **options: Any) -> redis.asyncio.Redis:
     """An asyncio client (connection pool) for ``settings.redis_url``."""
     try:
-        return redis.asyncio.Redis.from_url(_url(settings), **options)
+        client = redis.asyncio.Redis.from_url(_url(settings), **options)
     except ValueError as exc:
         raise ConfigError(
             f"REDIS_URL={settings.redis_url!r} is not a valid Redis URL: {exc}"
         ) from exc
+    _pack_with_hiredis(client.connection_pool)
+    return client
+
+
+def _pack_with_hiredis(pool: redis.asyncio.ConnectionPool) -> None:
+    """redis-py's asyncio connections encode commands in pure Python (its blocking ones use
+    hiredis): for the long argument lists of our scripts that was the worker's largest cost.
+    Give the pool's connections the blocking client's hiredis packer."""
+    if not redis.utils.HIREDIS_AVAILABLE:
+        return
+    serializer = redis.connection.HiredisRespSerializer()
+
+    def pack_command(self: Any, *args: Any) -> list[bytes]:
+        packed: list[bytes] = serializer.pack(*args)
+        return packed
+
+    base = pool.connection_class
+    pool.connection_class = type(f"Hiredis{base.__name__}", (base,), {"pack_command": pack_command})
 
 
 @contextlib.contextmanager

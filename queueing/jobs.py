@@ -110,7 +110,7 @@ class JobRecord:
             deadline=opt_float("deadline"),
             result=loads(result) if result is not None else None,
             error=opt_str("error"),
-            error_stage=opt_str("error_stage"),
+            error_stage=opt_str("final_stage"),
             owner=opt_str("owner"),
             timings=timings,
         )
@@ -122,13 +122,7 @@ class JobRecord:
         raise self.error_for()
 
     def error_for(self) -> JobError:
-        if self.status is JobStatus.FAILED:
-            return JobFailed(self.id, self.error or "unknown error", self.error_stage)
-        if self.status is JobStatus.EXPIRED:
-            return JobExpired(self.id)
-        if self.status is JobStatus.CANCELLED:
-            return JobCancelled(self.id)
-        raise ValueError(f"job {self.id} is {self.status}, not a failure")
+        return job_error(self.id, self.status, self.error, self.error_stage)
 
     def to_dict(self) -> dict[str, Any]:
         """The public view (the gateway's job document)."""
@@ -146,3 +140,47 @@ class JobRecord:
         elif self.status.finished:
             doc["error"] = str(self.error_for())
         return doc
+
+
+def job_error(job_id: str, status: JobStatus, error: str | None, stage: str | None) -> JobError:
+    """The error that a job which ended without a result raises."""
+    if status is JobStatus.FAILED:
+        return JobFailed(job_id, error or "unknown error", stage)
+    if status is JobStatus.EXPIRED:
+        return JobExpired(job_id)
+    if status is JobStatus.CANCELLED:
+        return JobCancelled(job_id)
+    raise ValueError(f"job {job_id} is {status}, not a failure")
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """The wake-up a finished job publishes: its outcome, so a waiter need not read the record.
+
+    One pub/sub message carries the notices of one script call, each
+    ``<job id> <status> <stage> <length>\\n<result JSON or error text>``."""
+
+    job_id: str
+    status: JobStatus
+    stage: str | None
+    value: bytes
+
+    @classmethod
+    def decode_all(cls, data: bytes) -> list[Notice]:
+        """Every notice in one message; ValueError if it is malformed."""
+        notices, at = [], 0
+        while at < len(data):
+            newline = data.index(b"\n", at)
+            job_id, status, stage, length = data[at:newline].decode().split(" ")
+            end = newline + 1 + int(length)
+            if end > len(data):
+                raise ValueError("truncated notice")
+            notices.append(cls(job_id, JobStatus(status), stage or None, data[newline + 1 : end]))
+            at = end
+        return notices
+
+    def outcome(self) -> Any:
+        """The result, or raise the JobError that says why there is none."""
+        if self.status is JobStatus.DONE:
+            return loads(self.value)
+        raise job_error(self.job_id, self.status, self.value.decode(errors="replace"), self.stage)

@@ -10,19 +10,33 @@ from __future__ import annotations
 # Shared helpers, prepended to the scripts that end jobs.
 _PRELUDE = """
 local LIVE = {queued = true, running = true}
+local notices = {}
 
--- End a live job: status, outcome, TTL, and a wake-up on every waiter's channel.
-local function end_job(job, job_id, status, field, value, now, ttl, stage)
-  redis.call('HSET', job, 'status', status, field, value, 'finished_at', now)
-  if status == 'failed' and stage ~= '' then
-    redis.call('HSET', job, 'error_stage', stage)
+-- End a live job: status, outcome (and this stage's timing) and TTL; queue a wake-up that
+-- carries the outcome for every waiter's channel (sent by flush_notices).
+local function end_job(job, job_id, status, field, value, now, ttl, stage, timing)
+  if timing ~= '' then
+    redis.call('HSET', job, 'status', status, field, value, 'finished_at', now, 'final_stage', stage,
+      't:' .. stage, timing)
+  else
+    redis.call('HSET', job, 'status', status, field, value, 'finished_at', now, 'final_stage', stage)
   end
   redis.call('EXPIRE', job, ttl)
   local reply = redis.call('HGET', job, 'reply')
   if reply then
+    local notice = job_id .. ' ' .. status .. ' ' .. stage .. ' ' .. #value .. '\\n' .. value
     for channel in string.gmatch(reply, '%S+') do
-      redis.call('PUBLISH', channel, job_id)
+      local list = notices[channel]
+      if not list then list = {}; notices[channel] = list end
+      list[#list + 1] = notice
     end
+  end
+end
+
+-- One PUBLISH per channel for all the wake-ups of this call: '<job> <status> <stage> <len>\\n<value>'...
+local function flush_notices()
+  for channel, list in pairs(notices) do
+    redis.call('PUBLISH', channel, table.concat(list))
   end
 end
 
@@ -31,35 +45,67 @@ local function count(stats, stage, what, n)
 end
 """
 
-# KEYS: stream, entries, job, idempotency key
-# ARGV: job_id, pipeline, stage, now, deadline|'', max_backlog, use_idem, fingerprint,
-#       idem_ttl, reply channel, owner, message fields...
+# Submits several jobs of one pipeline in one partition, all or none: each gets a job record
+# and one entry in the first stage's stream. Per job answers {'queued'|'existing'|'conflict',
+# job id}; or, if the backlog has no room for the new ones, {{'full', backlog}}.
+# KEYS: stream, entries
+# ARGV: pipeline, stage, now, max_backlog, idem_ttl, reply channel, owner, job_prefix, then
+#   per job: job id, deadline|'', idempotency key|'', fingerprint, n fields, fields...
 SUBMIT = """
-local job_id = ARGV[1]
-if ARGV[7] == '1' then
-  local existing = redis.call('GET', KEYS[4])
+local stream, entries = KEYS[1], KEYS[2]
+local pipeline, stage, now, reply, owner, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[6], ARGV[7], ARGV[8]
+local jobs, i = {}, 9
+while i <= #ARGV do
+  local n = tonumber(ARGV[i + 4])
+  jobs[#jobs + 1] = {id = ARGV[i], deadline = ARGV[i + 1], idem = ARGV[i + 2], fp = ARGV[i + 3],
+    first = i + 5, last = i + 4 + n}
+  i = i + 5 + n
+end
+local out, new = {}, 0
+for k, job in ipairs(jobs) do
+  local existing = job.idem ~= '' and redis.call('GET', job.idem)
   if existing then
     local sep = string.find(existing, ' ', 1, true)
     local id = string.sub(existing, 1, sep - 1)
-    if string.sub(existing, sep + 1) ~= ARGV[8] then
-      return {'conflict', id}
+    if string.sub(existing, sep + 1) ~= job.fp then
+      out[k] = {'conflict', id}
+    else
+      out[k] = {'existing', id}
     end
-    return {'existing', id}
+  else
+    new = new + 1
   end
 end
-local backlog = redis.call('XLEN', KEYS[1])
-if backlog >= tonumber(ARGV[6]) then
-  return {'full', tostring(backlog)}
+local backlog = redis.call('XLEN', stream)
+if new > 0 and backlog + new > tonumber(ARGV[4]) then
+  return {{'full', tostring(backlog)}}
 end
-local entry = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 12))
-redis.call('HSET', KEYS[2], entry, job_id)
-redis.call('HSET', KEYS[3], 'status', 'queued', 'pipeline', ARGV[2], 'stage', ARGV[3],
-  'entry', entry, 'created_at', ARGV[4], 'deadline', ARGV[5], 'reply', ARGV[10],
-  'owner', ARGV[11])
-if ARGV[7] == '1' then
-  redis.call('SET', KEYS[4], job_id .. ' ' .. ARGV[8], 'EX', ARGV[9])
+for k, job in ipairs(jobs) do
+  if not out[k] then
+    -- an idempotency key repeated within this call names the job made for its first use
+    local existing = job.idem ~= '' and redis.call('GET', job.idem)
+    if existing then
+      out[k] = {'existing', string.sub(existing, 1, string.find(existing, ' ', 1, true) - 1)}
+    else
+      local entry = redis.call('XADD', stream, '*', unpack(ARGV, job.first, job.last))
+      redis.call('HSET', entries, entry, job.id)
+      local record = {'status', 'queued', 'pipeline', pipeline, 'stage', stage, 'created_at', now,
+        'reply', reply}
+      if job.deadline ~= '' then
+        record[#record + 1] = 'deadline'; record[#record + 1] = job.deadline
+      end
+      if owner ~= '' then
+        record[#record + 1] = 'owner'; record[#record + 1] = owner
+      end
+      redis.call('HSET', prefix .. job.id, unpack(record))
+      if job.idem ~= '' then
+        redis.call('SET', job.idem, job.id .. ' ' .. job.fp, 'EX', ARGV[5])
+      end
+      out[k] = {'queued', job.id}
+    end
+  end
 end
-return {'queued', job_id}
+return out
 """
 
 # Marks a batch's jobs running; answers per job: 'run', or the status that forbids running.
@@ -69,9 +115,10 @@ local out = {}
 for i = 3, #ARGV do
   local job = ARGV[1] .. ARGV[i]
   local status = redis.call('HGET', job, 'status')
-  if status == 'queued' or status == 'running' then
-    redis.call('HSET', job, 'status', 'running')
-    redis.call('HSETNX', job, 'started_at', ARGV[2])
+  if status == 'queued' then
+    redis.call('HSET', job, 'status', 'running', 'started_at', ARGV[2])
+    out[#out + 1] = 'run'
+  elseif status == 'running' then
     out[#out + 1] = 'run'
   else
     out[#out + 1] = status or 'missing'
@@ -120,22 +167,22 @@ while i <= #ARGV do
     redis.call('HDEL', entries, entry)
     local job = prefix .. job_id
     if job_id ~= '' and LIVE[redis.call('HGET', job, 'status')] then
-      if timing ~= '' then redis.call('HSET', job, 't:' .. stage, timing) end
       if outcome == 'next' then
+        if timing ~= '' then redis.call('HSET', job, 't:' .. stage, timing) end
         local j = targets_at
         for _ = 1, n_targets do
           local n_fields = tonumber(ARGV[j + 3])
           local id = redis.call('XADD', ARGV[j], '*', unpack(ARGV, j + 4, j + 3 + n_fields))
           redis.call('HSET', ARGV[j + 1], id, job_id)
-          redis.call('HSET', job, 'stage', ARGV[j + 2], 'entry', id)
+          redis.call('HSET', job, 'stage', ARGV[j + 2])
           j = j + 4 + n_fields
         end
       elseif outcome == 'done' then
-        end_job(job, job_id, 'done', 'result', value, now, ttl, stage)
+        end_job(job, job_id, 'done', 'result', value, now, ttl, stage, timing)
       elseif outcome == 'expired' then
-        end_job(job, job_id, 'expired', 'error', value, now, ttl, stage)
+        end_job(job, job_id, 'expired', 'error', value, now, ttl, stage, timing)
       elseif outcome ~= 'skip' then
-        end_job(job, job_id, 'failed', 'error', value, now, ttl, stage)
+        end_job(job, job_id, 'failed', 'error', value, now, ttl, stage, timing)
       end
     end
     out[#out + 1] = 1
@@ -143,6 +190,7 @@ while i <= #ARGV do
   end
 end
 for what, n in pairs(tally) do count(stats, stage, what, n) end
+flush_notices()
 return out
 """
 )
@@ -180,7 +228,7 @@ for _, p in ipairs(redis.call('XPENDING', stream, group, 'IDLE', min_idle, '-', 
     if job_id then
       local job = prefix .. job_id
       if LIVE[redis.call('HGET', job, 'status')] then
-        end_job(job, job_id, 'failed', 'error', reason, now, ttl, stage)
+        end_job(job, job_id, 'failed', 'error', reason, now, ttl, stage, '')
       end
     end
   else
@@ -190,6 +238,7 @@ for _, p in ipairs(redis.call('XPENDING', stream, group, 'IDLE', min_idle, '-', 
 end
 count(stats, stage, 'redelivered', #claimed)
 count(stats, stage, 'dead', n_dead)
+flush_notices()
 return {claimed, n_dead}
 """
 )
@@ -214,7 +263,8 @@ CANCEL = (
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if LIVE[status] then
-  end_job(KEYS[1], ARGV[1], 'cancelled', 'error', 'cancelled', ARGV[2], ARGV[3], '')
+  end_job(KEYS[1], ARGV[1], 'cancelled', 'error', 'cancelled', ARGV[2], ARGV[3], '', '')
+  flush_notices()
 end
 return status
 """

@@ -1,10 +1,11 @@
 """Waking waiters: one pub/sub connection per process, no polling, no connection per waiter.
 
-A finished job's script PUBLISHes its id on the channel of every process waiting for it (the
-submitter's channel is in the record from the start; another process adds its own with the
-WATCH script). A listener wakes the local waiters of that id. The record stays the source of
-truth: a waiter always re-reads it after waking, and when the pub/sub connection drops every
-waiter is woken to re-read, so a missed message costs a read, never a result.
+A finished job's script PUBLISHes a :class:`~queueing.jobs.Notice` (its outcome) on the channel
+of every process waiting for it: the submitter's channel is in the record from the start;
+another process adds its own with the WATCH script. A listener hands the notice to the local
+waiters of that job. The record stays the source of truth: when the pub/sub connection drops,
+every waiter is woken without a notice and re-reads the record, so a missed message costs a
+read, never a result.
 """
 
 from __future__ import annotations
@@ -14,41 +15,86 @@ import contextlib
 import logging
 import threading
 from collections import OrderedDict, defaultdict
+from typing import Any
 
 import redis
 import redis.asyncio
 import redis.exceptions
 
+from queueing.jobs import Notice
+
 log = logging.getLogger(__name__)
 
 _RETRY_S = 0.5
+_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+_RECENT_VALUE_LIMIT = 4096
 
 
-class _Recent:
-    """The ids most recently announced, so that a waiter registered just after its job's
-    announcement (a job can finish before ``submit`` returns) is woken at once."""
+class Waiter:
+    """One wait for one job: ``notice`` is set when the job's wake-up carried its outcome."""
 
-    def __init__(self, size: int = 65_536) -> None:
-        self.size = size
-        self._ids: OrderedDict[str, None] = OrderedDict()
+    __slots__ = ("event", "job_id", "notice")
 
-    def add(self, job_id: str) -> None:
-        self._ids[job_id] = None
-        if len(self._ids) > self.size:
-            self._ids.popitem(last=False)
+    def __init__(self, job_id: str, event: Any) -> None:
+        self.job_id = job_id
+        self.event = event
+        self.notice: Notice | None = None
 
-    def __contains__(self, job_id: str) -> bool:
-        return job_id in self._ids
+    def wake(self, notice: Notice | None) -> None:
+        if notice is not None:
+            self.notice = notice
+        self.event.set()
+
+
+class _Hub:
+    """The bookkeeping both listeners share: waiters by job id, and the latest notices, so
+    that a waiter registered just after its job's wake-up (a job can finish before ``submit``
+    returns) is woken at once."""
+
+    def __init__(self, recent: int = 65_536) -> None:
+        self.waiters: defaultdict[str, set[Waiter]] = defaultdict(set)
+        self.recent: OrderedDict[str, Notice | None] = OrderedDict()
+        self.size = recent
+
+    def add(self, waiter: Waiter) -> None:
+        self.waiters[waiter.job_id].add(waiter)
+        if waiter.job_id in self.recent:
+            waiter.wake(self.recent[waiter.job_id])
+
+    def remove(self, waiter: Waiter) -> None:
+        group = self.waiters.get(waiter.job_id)
+        if group is not None:
+            group.discard(waiter)
+            if not group:
+                del self.waiters[waiter.job_id]
+
+    def deliver(self, data: bytes) -> None:
+        try:
+            notices = Notice.decode_all(data)
+        except (ValueError, UnicodeDecodeError):
+            log.warning("ignoring a malformed wake-up message: %r", data[:80])
+            return
+        for notice in notices:
+            keep = notice if len(notice.value) <= _RECENT_VALUE_LIMIT else None
+            self.recent[notice.job_id] = keep
+            if len(self.recent) > self.size:
+                self.recent.popitem(last=False)
+            for waiter in list(self.waiters.get(notice.job_id, ())):
+                waiter.wake(notice)
+
+    def wake_all(self) -> None:
+        for group in list(self.waiters.values()):
+            for waiter in list(group):
+                waiter.wake(None)
 
 
 class Listener:
-    """Blocking twin: a daemon thread reading one channel, waking ``threading.Event`` waiters."""
+    """Blocking twin: a daemon thread reading one channel."""
 
     def __init__(self, client: redis.Redis, channel: str) -> None:
         self._client = client
         self.channel = channel
-        self._waiters: defaultdict[str, set[threading.Event]] = defaultdict(set)
-        self._recent = _Recent()
+        self._hub = _Hub()
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._stop = threading.Event()
@@ -68,37 +114,21 @@ class Listener:
                 f"could not subscribe to {self.channel}: {self._error or 'timed out'}"
             )
 
-    def register(self, job_id: str) -> threading.Event:
-        event = threading.Event()
+    def register(self, job_id: str) -> Waiter:
+        waiter = Waiter(job_id, threading.Event())
         with self._lock:
-            self._waiters[job_id].add(event)
-            if job_id in self._recent:
-                event.set()
-        return event
+            self._hub.add(waiter)
+        return waiter
 
-    def unregister(self, job_id: str, event: threading.Event) -> None:
+    def unregister(self, waiter: Waiter) -> None:
         with self._lock:
-            events = self._waiters.get(job_id)
-            if events is not None:
-                events.discard(event)
-                if not events:
-                    del self._waiters[job_id]
+            self._hub.remove(waiter)
 
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-
-    def _wake(self, job_id: str | None) -> None:
-        with self._lock:
-            if job_id is None:
-                events = [e for group in self._waiters.values() for e in group]
-            else:
-                self._recent.add(job_id)
-                events = list(self._waiters.get(job_id, ()))
-        for event in events:
-            event.set()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -107,19 +137,18 @@ class Listener:
                 pubsub.subscribe(self.channel)
                 pubsub.get_message(ignore_subscribe_messages=False, timeout=5.0)
                 self._ready.set()
-                self._wake(None)  # anything finished while we were not subscribed
+                with self._lock:
+                    self._hub.wake_all()  # anything that ended while we were not subscribed
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=0.5)
                     if message is not None and message["type"] == "message":
-                        self._wake(message["data"].decode())
-            except (
-                redis.exceptions.ConnectionError,
-                redis.exceptions.TimeoutError,
-                OSError,
-            ) as exc:
+                        with self._lock:
+                            self._hub.deliver(message["data"])
+            except _REDIS_DOWN as exc:
                 log.warning("result listener lost its connection (%s); reconnecting", exc)
                 self._error = exc
-                self._wake(None)
+                with self._lock:
+                    self._hub.wake_all()
                 self._stop.wait(_RETRY_S)
             finally:
                 with contextlib.suppress(Exception):
@@ -127,41 +156,38 @@ class Listener:
 
 
 class AsyncListener:
-    """Asyncio twin: one task reading one channel, waking ``asyncio.Event`` waiters."""
+    """Asyncio twin: one task reading one channel."""
 
     def __init__(self, client: redis.asyncio.Redis, channel: str) -> None:
         self._client = client
         self.channel = channel
-        self._waiters: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
-        self._recent = _Recent()
+        self._hub = _Hub()
         self._ready: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
+    async def start(self, timeout: float = 10.0) -> None:
         """Start listening; returns once the subscription is in place."""
         if self._task is None:
             self._ready = asyncio.Event()
             self._task = asyncio.create_task(self._run(), name="batchline-listener")
         assert self._ready is not None
-        ready = asyncio.ensure_future(self._ready.wait())
-        done, _ = await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)
-        if ready not in done:
-            ready.cancel()
-            self._task.result()  # re-raises why the listener died
+        if self._ready.is_set():
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await self._ready.wait()
+        except TimeoutError:
+            raise redis.exceptions.ConnectionError(
+                f"could not subscribe to {self.channel} within {timeout}s"
+            ) from None
 
-    def register(self, job_id: str) -> asyncio.Event:
-        event = asyncio.Event()
-        self._waiters[job_id].add(event)
-        if job_id in self._recent:
-            event.set()
-        return event
+    def register(self, job_id: str) -> Waiter:
+        waiter = Waiter(job_id, asyncio.Event())
+        self._hub.add(waiter)
+        return waiter
 
-    def unregister(self, job_id: str, event: asyncio.Event) -> None:
-        events = self._waiters.get(job_id)
-        if events is not None:
-            events.discard(event)
-            if not events:
-                del self._waiters[job_id]
+    def unregister(self, waiter: Waiter) -> None:
+        self._hub.remove(waiter)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -169,16 +195,6 @@ class AsyncListener:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-
-    def _wake(self, job_id: str | None) -> None:
-        if job_id is None:
-            for events in self._waiters.values():
-                for event in events:
-                    event.set()
-        else:
-            self._recent.add(job_id)
-            for event in self._waiters.get(job_id, ()):
-                event.set()
 
     async def _run(self) -> None:
         assert self._ready is not None
@@ -188,18 +204,14 @@ class AsyncListener:
                 await pubsub.subscribe(self.channel)
                 await pubsub.get_message(ignore_subscribe_messages=False, timeout=5.0)
                 self._ready.set()
-                self._wake(None)
+                self._hub.wake_all()
                 while True:
                     message = await pubsub.get_message(timeout=None)
                     if message is not None and message["type"] == "message":
-                        self._wake(message["data"].decode())
-            except (
-                redis.exceptions.ConnectionError,
-                redis.exceptions.TimeoutError,
-                OSError,
-            ) as exc:
+                        self._hub.deliver(message["data"])
+            except _REDIS_DOWN as exc:
                 log.warning("result listener lost its connection (%s); reconnecting", exc)
-                self._wake(None)
+                self._hub.wake_all()
                 await asyncio.sleep(_RETRY_S)
             finally:
                 with contextlib.suppress(Exception):
