@@ -1,4 +1,4 @@
-"""The ``batchline`` command: worker, server, status, register."""
+"""The ``batchline`` command: up, web, worker, server, status, register, keygen."""
 
 from __future__ import annotations
 
@@ -68,22 +68,75 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_register(args: argparse.Namespace) -> int:
-    from queueing.connection import connect_async
+def publish_topologies(settings: Settings, topologies: dict[str, Topology]) -> None:
+    """Write the pipelines' specs to the registry and create their consumer groups."""
+    from queueing.connection import broker_errors, connect_async
     from workers.worker import publish
-
-    settings = _settings(args)
-    topologies = load_topologies(settings)
 
     async def run() -> None:
         client = connect_async(settings)
         try:
-            await publish(client, settings, list(topologies.values()))
+            with broker_errors():
+                await publish(client, settings, list(topologies.values()))
         finally:
             await client.aclose()
 
     asyncio.run(run())
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    topologies = load_topologies(settings)
+    publish_topologies(settings, topologies)
     print(f"registered: {', '.join(sorted(topologies))}")
+    return 0
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = _settings(args)
+    if not settings.redis_url:
+        raise ConfigError(
+            "the gateway needs a Redis server: set REDIS_URL (e.g. redis://localhost:6379/0), "
+            "or run `batchline up`, which starts an embedded one"
+        )
+    # The gateway reads its settings from the environment (in each of its processes).
+    os.environ["REDIS_URL"] = settings.redis_url
+    uvicorn.run(
+        "api.app:app",
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level.lower(),
+        access_log=not args.no_access_log,
+        timeout_graceful_shutdown=args.graceful_s,
+    )
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from batchline.up import run_up
+
+    settings = _settings(args)
+    topologies = load_topologies(settings)
+    return run_up(
+        settings,
+        host=args.host,
+        port=args.port,
+        topologies=topologies,
+        publish=lambda resolved: publish_topologies(resolved, topologies),
+    )
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from api.auth import new_key
+
+    key, digest = new_key()
+    print(f"key:    {key}")
+    print(f"digest: {digest}")
+    print("\ngive the key to the client; configure the gateway with the digest:")
+    print(f"  BATCHLINE_API_KEYS={digest}   (comma-separate several)")
     return 0
 
 
@@ -124,7 +177,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             await client.aclose()
 
     view = asyncio.run(read())
-    columns = ("done", "failed", "expired", "dead", "redelivered")
+    columns = ("next", "done", "failed", "expired", "dead", "redelivered")
     assert set(columns) <= set(COUNTERS)
     rows: list[tuple[str, ...]] = [("stage", "backlog", *columns, "workers")]
     for stage in view.stages.values():
@@ -132,7 +185,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             (
                 stage.name,
                 str(stage.backlog),
-                *(str(stage.counters[c]) for c in columns),
+                *(
+                    str(stage.counters[c] + (stage.counters["join"] if c == "next" else 0))
+                    for c in columns
+                ),
                 str(len(stage.workers)),
             )
         )
@@ -154,6 +210,31 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--redis-url", help="Redis server (default: REDIS_URL)")
         p.add_argument("--pipelines", help="comma-separated modules defining pipelines")
 
+    default_port = int(os.environ.get("PORT") or 8000)
+
+    up = sub.add_parser(
+        "up",
+        help="run it all locally: embedded Redis (without REDIS_URL), gateway, a worker per stage",
+    )
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, default=default_port, help="gateway port (default 8000)")
+    common(up)
+    up.set_defaults(run=cmd_up)
+
+    web = sub.add_parser("web", help="run the HTTP gateway (uvicorn api.app:app)")
+    web.add_argument("--host", default="127.0.0.1")
+    web.add_argument("--port", type=int, default=default_port, help="default: $PORT or 8000")
+    web.add_argument("--workers", type=int, default=1, help="gateway processes")
+    web.add_argument("--no-access-log", action="store_true")
+    web.add_argument(
+        "--graceful-s",
+        type=float,
+        default=5.0,
+        help="on SIGTERM, how long open requests (long polls) may finish",
+    )
+    common(web)
+    web.set_defaults(run=cmd_web)
+
     worker = sub.add_parser("worker", help="run the stages of one or more pipelines")
     worker.add_argument("targets", nargs="+", metavar="PIPELINE[.STAGE]")
     worker.add_argument("--burst", action="store_true", help="drain the streams, then exit")
@@ -173,6 +254,9 @@ def parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="backlog, counters and live workers per stage")
     common(status)
     status.set_defaults(run=cmd_status)
+
+    keygen = sub.add_parser("keygen", help="make an API key and the digest to configure")
+    keygen.set_defaults(run=cmd_keygen)
     return top
 
 

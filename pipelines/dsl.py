@@ -7,12 +7,16 @@
         stage(model_one, routes=["model_two"]),  # returns Route("model_two", x) or a result
         model_two,
     )
+    ensemble = Pipeline("ensemble", fan_out(model_a, model_b), average)  # average gets
+                                                  # {"model_a": out_a, "model_b": out_b}
 
 A stage is a batch handler (``@batch`` function), a plain function of a list (batched with
 defaults), or a class with one ``@batch`` method (and an optional ``setup(device)``). Each
 output of a stage feeds the next stage; the last stage's outputs are the results. A routing
 stage's outputs are results too, except a :class:`~workers.stage.Route`, which sends that item
-on to the stage it names.
+on to the stage it names. A :func:`fan_out` sends each item to all its branches at once; the
+stage after it (the join) gets one ``{branch name: output}`` per item once every branch is in.
+A pipeline that starts with a fan-out gets a first stage, ``split``, that passes items on.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 
 from queueing.keys import check_name
 from queueing.registry import PipelineSpec
+from workers.batching import batch
 from workers.stage import Stage, Topology
 
 
@@ -43,6 +48,24 @@ def stage(target: Any, *, name: str | None = None, routes: Sequence[str] = ()) -
     return StageDef(target, check_name(short.strip("_") or "stage"), tuple(routes))
 
 
+@dataclass(frozen=True)
+class FanOut:
+    """Branches that each get every item; the next stage of the pipeline joins them."""
+
+    branches: tuple[StageDef, ...]
+
+
+def fan_out(*branches: Any) -> FanOut:
+    """Send each item to every branch at once (an ensemble); the following stage joins them."""
+    if len(branches) < 2:
+        raise ValueError("fan_out needs at least two branches")
+    return FanOut(tuple(b if isinstance(b, StageDef) else stage(b) for b in branches))
+
+
+async def _split(items: list[Any]) -> list[Any]:
+    return items
+
+
 class Pipeline:
     """A named pipeline of stages; workers run it, the registry publishes its spec."""
 
@@ -60,23 +83,47 @@ class Pipeline:
             raise ValueError(f"pipeline name {name!r} must not contain '.'")
         if not stages:
             raise ValueError(f"pipeline {name} needs at least one stage")
-        self.stages = [s if isinstance(s, StageDef) else stage(s) for s in stages]
-        names = [s.name for s in self.stages]
+        elements: list[StageDef | FanOut] = [
+            s if isinstance(s, StageDef | FanOut) else stage(s) for s in stages
+        ]
+        if isinstance(elements[0], FanOut):
+            elements.insert(
+                0, stage(batch(max_batch_size=256, batch_wait_timeout_s=0)(_split), name="split")
+            )
+        self.elements = elements
+        names = [d.name for d in self.stage_defs]
         if len(set(names)) != len(names):
             raise ValueError(f"pipeline {name}: stage names must be unique, got {names}")
-        for s in self.stages:
-            for target in s.routes:
-                if target not in names:
+        for index, element in enumerate(elements):
+            if isinstance(element, FanOut):
+                after = elements[index + 1] if index + 1 < len(elements) else None
+                if not isinstance(after, StageDef):
                     raise ValueError(
-                        f"pipeline {name}: stage {s.name} routes to unknown stage {target!r}"
+                        f"pipeline {name}: a fan_out must be followed by its join stage"
                     )
+                if any(b.routes for b in element.branches):
+                    raise ValueError(f"pipeline {name}: fan-out branches cannot route")
+            elif element.routes:
+                for target in element.routes:
+                    if target not in names:
+                        raise ValueError(
+                            f"pipeline {name}: stage {element.name} routes to unknown stage {target!r}"
+                        )
         self.input_schema = input_schema
         self.example = example
         self.max_backlog = max_backlog
         self.description = description
 
+    @property
+    def stage_defs(self) -> list[StageDef]:
+        """Every stage, fan-out branches included, in order."""
+        out: list[StageDef] = []
+        for element in self.elements:
+            out += element.branches if isinstance(element, FanOut) else [element]
+        return out
+
     def __repr__(self) -> str:
-        return f"Pipeline({self.name!r}, stages={[s.name for s in self.stages]})"
+        return f"Pipeline({self.name!r}, stages={[s.name for s in self.stage_defs]})"
 
     def full_name(self, short: str) -> str:
         return f"{self.name}.{short}"
@@ -84,15 +131,31 @@ class Pipeline:
     def compile(self) -> Topology:
         """The spec for the registry and the stages for workers."""
         stages: dict[str, Stage] = {}
-        for index, s in enumerate(self.stages):
-            following = self.stages[index + 1] if index + 1 < len(self.stages) else None
-            nxt = (self.full_name(following.name),) if following and not s.routes else ()
-            full = self.full_name(s.name)
+        for index, element in enumerate(self.elements):
+            following = self.elements[index + 1] if index + 1 < len(self.elements) else None
+            if isinstance(element, FanOut):
+                assert isinstance(following, StageDef)
+                for branch in element.branches:
+                    full = self.full_name(branch.name)
+                    stages[full] = Stage(
+                        name=full,
+                        target=branch.target,
+                        join=self.full_name(following.name),
+                        fan_in=len(element.branches),
+                    )
+                continue
+            if isinstance(following, FanOut):
+                nxt = tuple(self.full_name(b.name) for b in following.branches)
+            elif following is not None and not element.routes:
+                nxt = (self.full_name(following.name),)
+            else:
+                nxt = ()
+            full = self.full_name(element.name)
             stages[full] = Stage(
                 name=full,
-                target=s.target,
+                target=element.target,
                 next=nxt,
-                routes=tuple(self.full_name(r) for r in s.routes),
+                routes=tuple(self.full_name(r) for r in element.routes),
             )
         spec = PipelineSpec(
             name=self.name,

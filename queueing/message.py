@@ -50,11 +50,10 @@ class Message:
     """Unix seconds after which the job must not reach a model."""
     fmt: str = JSON
     """Payload encoding; ``json`` is orjson."""
-    branch: str | None = None
-    """For fan-out: which branch of a join this entry feeds."""
 
     def encode(self) -> list[bytes | str]:
-        """Flat field list, ready for XADD (and for the Lua scripts that XADD it)."""
+        """Flat field list, ready for XADD (and for the Lua scripts that XADD it; FINISH
+        fills the ``data`` field of a join's entry itself)."""
         fields: list[bytes | str] = [
             "job",
             self.job_id,
@@ -67,8 +66,6 @@ class Message:
             fields += ["dl", repr(self.deadline)]
         if self.fmt != JSON:
             fields += ["fmt", self.fmt]
-        if self.branch is not None:
-            fields += ["br", self.branch]
         return fields
 
     @classmethod
@@ -88,8 +85,7 @@ class Message:
         except ValueError as exc:
             raise DecodeError(f"entry of job {job_id} has a bad timestamp: {exc}") from exc
         fmt = fields[b"fmt"].decode() if b"fmt" in fields else JSON
-        branch = fields[b"br"].decode() if b"br" in fields else None
-        return cls(job_id, data, enqueued_at, deadline, fmt, branch)
+        return cls(job_id, data, enqueued_at, deadline, fmt)
 
     def value(self) -> Any:
         """The decoded payload."""

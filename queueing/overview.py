@@ -14,7 +14,9 @@ from queueing.message import loads
 from queueing.registry import PipelineSpec, parse_registry
 from queueing.settings import Settings
 
-COUNTERS = ("done", "failed", "expired", "dead", "redelivered", "next", "skip", "fenced")
+COUNTERS = ("done", "failed", "expired", "dead", "redelivered", "next", "join", "skip", "fenced")
+"""Per-stage counters the FINISH and CLAIM scripts keep: ``next`` and ``join`` count items
+handed on to other stages; ``fenced``, results dropped because another worker claimed them."""
 
 
 @dataclass(frozen=True)

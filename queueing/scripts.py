@@ -133,15 +133,32 @@ return out
 # KEYS: stream, entries, dead stream, stats
 # ARGV: group, consumer, job_prefix, now, ttl, stage, then per item:
 #   entry id, job id ('' if unknown), outcome, value, timing json ('' for none), n targets,
-#   then per target: stream, entries, stage, n fields, fields...
-# outcome: done | failed | expired | next | skip | dead
+#   then per target: n args, args...
+# outcome: done | failed | expired | skip | dead (value: the result or the reason)
+#   next: value unused; per target: stream, entries, stage, entry fields...
+#   join: value = this branch's output; one target: join hash, stream, entries, stage, branch,
+#     n branches, entry fields... (the join entry's; its data field is filled here with
+#     {"<branch>": <output>, ...} once the last branch is in)
 FINISH = (
     _PRELUDE
     + """
 local stream, entries, dead, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group, consumer, prefix, now, ttl, stage = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local out = {}
-local tally = {done = 0, failed = 0, expired = 0, next = 0, skip = 0, dead = 0, fenced = 0}
+local tally = {done = 0, failed = 0, expired = 0, next = 0, join = 0, skip = 0, dead = 0, fenced = 0}
+
+-- XADD an entry for the next stage and index it; fields as given (the data one replaced if set)
+local function hand_to(job, job_id, target_stream, target_entries, target_stage, first, last, data)
+  local fields = {unpack(ARGV, first, last)}
+  if data then
+    for f = 1, #fields, 2 do
+      if fields[f] == 'data' then fields[f + 1] = data end
+    end
+  end
+  local id = redis.call('XADD', target_stream, '*', unpack(fields))
+  redis.call('HSET', target_entries, id, job_id)
+  redis.call('HSET', job, 'stage', target_stage)
+end
 local i = 7
 while i <= #ARGV do
   local entry, job_id, outcome, value, timing = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
@@ -149,7 +166,7 @@ while i <= #ARGV do
   i = i + 6
   local targets_at = i
   for _ = 1, n_targets do
-    i = i + 4 + tonumber(ARGV[i + 3])
+    i = i + 1 + tonumber(ARGV[i])
   end
   if #redis.call('XPENDING', stream, group, entry, entry, 1, consumer) == 0 then
     out[#out + 1] = 0
@@ -171,11 +188,27 @@ while i <= #ARGV do
         if timing ~= '' then redis.call('HSET', job, 't:' .. stage, timing) end
         local j = targets_at
         for _ = 1, n_targets do
-          local n_fields = tonumber(ARGV[j + 3])
-          local id = redis.call('XADD', ARGV[j], '*', unpack(ARGV, j + 4, j + 3 + n_fields))
-          redis.call('HSET', ARGV[j + 1], id, job_id)
-          redis.call('HSET', job, 'stage', ARGV[j + 2])
-          j = j + 4 + n_fields
+          local n = tonumber(ARGV[j])
+          hand_to(job, job_id, ARGV[j + 1], ARGV[j + 2], ARGV[j + 3], j + 4, j + n, nil)
+          j = j + 1 + n
+        end
+      elseif outcome == 'join' then
+        if timing ~= '' then redis.call('HSET', job, 't:' .. stage, timing) end
+        local j = targets_at
+        local n, join = tonumber(ARGV[j]), ARGV[j + 1]
+        -- The fence makes each branch arrive once, so the join is made once, when the last
+        -- branch is in; a failed branch ended the job, so a partial join never runs.
+        redis.call('HSET', join, ARGV[j + 5], value)
+        redis.call('EXPIRE', join, ttl)
+        if redis.call('HLEN', join) == tonumber(ARGV[j + 6]) then
+          local parts = redis.call('HGETALL', join)
+          local doc = {}
+          for p = 1, #parts, 2 do
+            doc[#doc + 1] = '"' .. parts[p] .. '":' .. parts[p + 1]
+          end
+          redis.call('DEL', join)
+          hand_to(job, job_id, ARGV[j + 2], ARGV[j + 3], ARGV[j + 4], j + 7, j + n,
+            '{' .. table.concat(doc, ',') .. '}')
         end
       elseif outcome == 'done' then
         end_job(job, job_id, 'done', 'result', value, now, ttl, stage, timing)

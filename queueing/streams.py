@@ -37,7 +37,9 @@ class Outcome:
     """What became of one delivery, for :meth:`StageQueue.finish`.
 
     ``kind`` is ``done`` (value = encoded result), ``failed`` / ``expired`` / ``dead``
-    (value = the reason), ``next`` (hand the messages in ``targets`` to their stages) or
+    (value = the reason), ``next`` (hand the messages in ``targets`` to their stages),
+    ``join`` (value = this fan-out branch's output; ``targets`` holds the join stage and the
+    join entry's message; this is ``branch`` of ``fan_in`` branches) or
     ``skip`` (ack only: the job was cancelled or has finished)."""
 
     delivery: Delivery
@@ -46,6 +48,8 @@ class Outcome:
     value: bytes | str = ""
     timing: bytes | str = ""
     targets: list[tuple[str, Message]] = field(default_factory=list)
+    branch: str = ""
+    fan_in: int = 0
 
 
 def consumer_name(settings: Settings) -> str:
@@ -150,14 +154,20 @@ class StageQueue:
                     len(outcome.targets),
                 ]
                 for stage, message in outcome.targets:
-                    fields = message.encode()
-                    args += [
+                    target: list[Any] = [
                         self.keys.stream(partition, stage),
                         self.keys.entries(partition, stage),
                         stage,
-                        len(fields),
-                        *fields,
                     ]
+                    if outcome.kind == "join":
+                        target = [
+                            self.keys.joins(message.job_id),
+                            *target,
+                            outcome.branch,
+                            outcome.fan_in,
+                        ]
+                    target += message.encode()
+                    args += [len(target), *target]
             reply = await self._finish(keys=self._partition_keys(partition), args=args)
             for i, ok in zip(indexes, reply, strict=True):
                 done[i] = bool(ok)

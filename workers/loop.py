@@ -194,27 +194,37 @@ class StageLoop:
         return outcomes
 
     def hand_off(self, item: _Item, output: Any) -> Outcome:
-        """Where one output goes: the route it names, the next stage, or the job's result."""
+        """Where one output goes: the route it names, the next stage(s), a fan-out's join, or
+        the job's result."""
         delivery, job_id = item.delivery, item.message.job_id
         if isinstance(output, BaseException):
             return Outcome(delivery, job_id, "failed", _describe(output))
-        target: str | None = None
+        targets: tuple[str, ...] = () if self.stage.routes else self.stage.next
         if isinstance(output, Route):
             try:
-                target = self._resolve_route(output.to)
+                targets = (self._resolve_route(output.to),)
             except BatchContractError as exc:
                 return Outcome(delivery, job_id, "failed", str(exc))
             output = output.value
-        elif self.stage.next and not self.stage.routes:
-            target = self.stage.next[0]
         try:
             data = dumps(output)
         except TypeError as exc:
             return Outcome(delivery, job_id, "failed", f"output cannot be encoded: {exc}")
-        if target is None:
+        if self.stage.join is not None:
+            entry = Message(job_id, b"", time.time(), item.message.deadline)
+            return Outcome(
+                delivery,
+                job_id,
+                "join",
+                data,
+                targets=[(self.stage.join, entry)],
+                branch=self.stage.short_name,
+                fan_in=self.stage.fan_in,
+            )
+        if not targets:
             return Outcome(delivery, job_id, "done", data)
         message = Message(job_id, data, time.time(), item.message.deadline)
-        return Outcome(delivery, job_id, "next", targets=[(target, message)])
+        return Outcome(delivery, job_id, "next", targets=[(t, message) for t in targets])
 
     def _resolve_route(self, to: str) -> str:
         pipeline = self.stage.name.split(".", 1)[0]

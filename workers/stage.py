@@ -30,7 +30,17 @@ class Stage:
     """Full name, ``<pipeline>.<stage>``."""
     target: Any
     next: tuple[str, ...] = ()
+    """Where each output goes: one stage (a chain), several (a fan-out), none (the end)."""
     routes: tuple[str, ...] = ()
+    """For a routing stage: the stages a :class:`Route` may name."""
+    join: str | None = None
+    """For a fan-out branch: the stage that gets ``{branch: output, ...}`` once all are in."""
+    fan_in: int = 0
+    """For a fan-out branch: how many branches its join waits for."""
+
+    @property
+    def short_name(self) -> str:
+        return self.name.split(".", 1)[1]
 
     @property
     def config(self) -> BatchConfig:
@@ -49,6 +59,7 @@ class Stage:
             batch_wait_timeout_s=config.batch_wait_timeout_s,
             next=self.next,
             routes=self.routes,
+            join=self.join,
         )
 
     def load(self, device: str) -> BatchedHandler[Any]:
