@@ -14,7 +14,7 @@ local notices = {}
 
 -- End a live job: status, outcome (and this stage's timing) and TTL; queue a wake-up that
 -- carries the outcome for every waiter's channel (sent by flush_notices).
-local function end_job(job, job_id, status, field, value, now, ttl, stage, timing)
+local function end_job(job, job_id, status, field, value, now, ttl, stage, timing, reply)
   if timing ~= '' then
     redis.call('HSET', job, 'status', status, field, value, 'finished_at', now, 'final_stage', stage,
       't:' .. stage, timing)
@@ -22,7 +22,7 @@ local function end_job(job, job_id, status, field, value, now, ttl, stage, timin
     redis.call('HSET', job, 'status', status, field, value, 'finished_at', now, 'final_stage', stage)
   end
   redis.call('EXPIRE', job, ttl)
-  local reply = redis.call('HGET', job, 'reply')
+  if reply == nil then reply = redis.call('HGET', job, 'reply') end
   if reply then
     local notice = job_id .. ' ' .. status .. ' ' .. stage .. ' ' .. #value .. '\\n' .. value
     for channel in string.gmatch(reply, '%S+') do
@@ -183,7 +183,9 @@ while i <= #ARGV do
     redis.call('XDEL', stream, entry)
     redis.call('HDEL', entries, entry)
     local job = prefix .. job_id
-    if job_id ~= '' and LIVE[redis.call('HGET', job, 'status')] then
+    local state = job_id ~= '' and redis.call('HMGET', job, 'status', 'reply')
+    if state and LIVE[state[1]] then
+      local reply = state[2]
       if outcome == 'next' then
         if timing ~= '' then redis.call('HSET', job, 't:' .. stage, timing) end
         local j = targets_at
@@ -211,11 +213,11 @@ while i <= #ARGV do
             '{' .. table.concat(doc, ',') .. '}')
         end
       elseif outcome == 'done' then
-        end_job(job, job_id, 'done', 'result', value, now, ttl, stage, timing)
+        end_job(job, job_id, 'done', 'result', value, now, ttl, stage, timing, reply)
       elseif outcome == 'expired' then
-        end_job(job, job_id, 'expired', 'error', value, now, ttl, stage, timing)
+        end_job(job, job_id, 'expired', 'error', value, now, ttl, stage, timing, reply)
       elseif outcome ~= 'skip' then
-        end_job(job, job_id, 'failed', 'error', value, now, ttl, stage, timing)
+        end_job(job, job_id, 'failed', 'error', value, now, ttl, stage, timing, reply)
       end
     end
     out[#out + 1] = 1

@@ -39,6 +39,11 @@ class Stage:
     """For a fan-out branch: how many branches its join waits for."""
 
     @property
+    def needs_device(self) -> bool:
+        """Whether loading this stage involves a device (a class with ``setup(device)``)."""
+        return inspect.isclass(self.target) and callable(getattr(self.target, "setup", None))
+
+    @property
     def short_name(self) -> str:
         return self.name.split(".", 1)[1]
 

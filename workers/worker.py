@@ -74,7 +74,9 @@ class Worker:
                 loop.add_signal_handler(sig, self.request_stop)
         try:
             await publish(client, self.settings, self.topologies)
-            device = resolve_device(self.settings.device)
+            # Only stages with a setup(device) hook need one (and torch imported to find it).
+            needs_device = any(stage.needs_device for stage in self.stages)
+            device = resolve_device(self.settings.device) if needs_device else "cpu"
             for stage in self.stages:
                 handler = await asyncio.to_thread(stage.load, device)
                 queue = StageQueue(client, self.settings, stage.name, self.consumer)
