@@ -92,6 +92,7 @@ class Pipeline:
             )
         self.elements = elements
         names = [d.name for d in self.stage_defs]
+        branch_names = {b.name for e in elements if isinstance(e, FanOut) for b in e.branches}
         if len(set(names)) != len(names):
             raise ValueError(f"pipeline {name}: stage names must be unique, got {names}")
         for index, element in enumerate(elements):
@@ -108,6 +109,11 @@ class Pipeline:
                     if target not in names:
                         raise ValueError(
                             f"pipeline {name}: stage {element.name} routes to unknown stage {target!r}"
+                        )
+                    if target in branch_names:
+                        raise ValueError(
+                            f"pipeline {name}: stage {element.name} routes to {target!r}, a "
+                            f"fan_out branch; a route may only name a stage outside a fan_out"
                         )
         self.input_schema = input_schema
         self.example = example
@@ -144,9 +150,11 @@ class Pipeline:
                         fan_in=len(element.branches),
                     )
                 continue
-            if isinstance(following, FanOut):
+            if element.routes:
+                nxt: tuple[str, ...] = ()  # a router's outputs are results unless a Route names a stage
+            elif isinstance(following, FanOut):
                 nxt = tuple(self.full_name(b.name) for b in following.branches)
-            elif following is not None and not element.routes:
+            elif following is not None:
                 nxt = (self.full_name(following.name),)
             else:
                 nxt = ()

@@ -108,17 +108,19 @@ end
 return out
 """
 
-# Marks a batch's jobs running; answers per job: 'run', or the status that forbids running.
-# ARGV: job_prefix, now, job ids...
+# Marks a batch's jobs running and counts this stage's attempt on each (what max_deliveries
+# bounds); answers per job: 'run', or the status that forbids running it.
+# ARGV: job_prefix, now, stage, job ids...
 START = """
 local out = {}
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   local job = ARGV[1] .. ARGV[i]
   local status = redis.call('HGET', job, 'status')
   if status == 'queued' then
-    redis.call('HSET', job, 'status', 'running', 'started_at', ARGV[2])
+    redis.call('HSET', job, 'status', 'running', 'started_at', ARGV[2], 'a:' .. ARGV[3], 1)
     out[#out + 1] = 'run'
   elseif status == 'running' then
+    redis.call('HINCRBY', job, 'a:' .. ARGV[3], 1)
     out[#out + 1] = 'run'
   else
     out[#out + 1] = status or 'missing'
@@ -230,8 +232,11 @@ return out
 """
 )
 
-# Recovers entries idle past the visibility timeout: claims them for this consumer, or, past
-# max_deliveries (or with their payload deleted), dead-letters them and fails their jobs.
+# Recovers entries idle past the visibility timeout: claims them for this consumer, or
+# dead-letters them and fails their jobs: those a worker started max_deliveries times (the
+# 'a:<stage>' count START keeps: an entry claimed along with a poison one but never started
+# is not held against), those delivered DELIVERY_CAP x max_deliveries times without ever being started (a
+# worker dies before it gets to them), and those whose payload was deleted.
 # KEYS: stream, entries, dead stream, stats
 # ARGV: group, consumer, min_idle_ms, count, max_deliveries, job_prefix, now, ttl, stage
 # Answers {claimed entries, number dead-lettered}.
@@ -241,21 +246,23 @@ CLAIM = (
 local stream, entries, dead, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group, consumer, min_idle = ARGV[1], ARGV[2], ARGV[3]
 local max, prefix, now, ttl, stage = tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local DELIVERY_CAP = 5
 local claimed, n_dead = {}, 0
 for _, p in ipairs(redis.call('XPENDING', stream, group, 'IDLE', min_idle, '-', '+', ARGV[4])) do
   local entry, deliveries = p[1], tonumber(p[4])
   local found = redis.call('XRANGE', stream, entry, entry)
+  local job_id = redis.call('HGET', entries, entry)
+  local attempts = job_id and tonumber(redis.call('HGET', prefix .. job_id, 'a:' .. stage)) or 0
   local reason = nil
   if #found == 0 then
     reason = 'its stream entry was deleted before a worker finished it'
-  elseif deliveries >= max then
-    reason = 'dead-lettered after ' .. deliveries ..
-      ' deliveries without finishing (the worker crashed or stalled on it each time)'
+  elseif attempts >= max or deliveries >= max * DELIVERY_CAP then
+    reason = 'dead-lettered after ' .. attempts .. ' attempts (' .. deliveries ..
+      ' deliveries) without finishing: the worker crashed or stalled on it each time'
     redis.call('XADD', dead, 'MAXLEN', '~', 100000, '*', 'entry', entry, 'reason', reason,
       'deliveries', deliveries, unpack(found[1][2]))
   end
   if reason then
-    local job_id = redis.call('HGET', entries, entry)
     redis.call('XACK', stream, group, entry)
     redis.call('XDEL', stream, entry)
     redis.call('HDEL', entries, entry)

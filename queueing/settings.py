@@ -44,6 +44,9 @@ class Settings:
     """Modules to import for pipeline definitions (comma-separated in the environment)."""
     device: str = "auto"
     """Where models run: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1``..."""
+    torch_threads: int = 0
+    """torch's intra-op threads in a worker; 0: half the cores (at least one), since the
+    worker shares the machine with its own I/O, Redis and often other workers."""
     data_dir: str = ".batchline"
     """Where the embedded server keeps its socket and AOF."""
     redis_server: str | None = None
@@ -84,6 +87,7 @@ class Settings:
             ("block_ms", self.block_ms >= 1),
             ("max_body_bytes", self.max_body_bytes >= 1),
             ("max_wait_s", self.max_wait_s > 0),
+            ("torch_threads", self.torch_threads >= 0),
             ("prefix", bool(self.prefix) and not any(c in self.prefix for c in "{}: ")),
         ]
         for name, ok in checks:

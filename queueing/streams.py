@@ -120,7 +120,9 @@ class StageQueue:
         now = repr(time.time())
         for partition, indexes in by_partition.items():
             job_ids = [deliveries[i][1] for i in indexes]
-            reply = await self._start(args=[self.keys.job_prefix(partition), now, *job_ids])
+            reply = await self._start(
+                args=[self.keys.job_prefix(partition), now, self.stage, *job_ids]
+            )
             for i, status in zip(indexes, reply, strict=True):
                 answers[i] = status.decode()
         return answers

@@ -32,11 +32,11 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedS
 
 
 @pytest.fixture
-def redis_url(redis_server: EmbeddedServer) -> Iterator[str]:
+def redis_url(redis_server: EmbeddedServer) -> str:
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
     client.close()
-    yield redis_server.url
+    return redis_server.url
 
 
 @pytest.fixture

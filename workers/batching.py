@@ -226,6 +226,9 @@ class _ThreadBatcher:
         config = self.handler.config
         while True:
             with self.cond:
+                if not self.waiting:
+                    self.running = False
+                    return
                 deadline = time.monotonic() + config.batch_wait_timeout_s
                 while len(self.waiting) < config.max_batch_size:
                     remaining = deadline - time.monotonic()

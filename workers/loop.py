@@ -32,10 +32,15 @@ log = logging.getLogger(__name__)
 
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 RETRY_S = 0.5
+MIN_POLL_S = 0.0005
 T = TypeVar("T")
 
 OWN_PENDING_LIMIT = 100_000
 """Most entries re-read at start-up from a previous life under the same consumer name."""
+
+
+class _Abandon(Exception):
+    """Redis is unreachable and the worker is stopping: leave what it holds pending."""
 
 
 @dataclass(slots=True)
@@ -68,10 +73,16 @@ class StageLoop:
         self._inbox: asyncio.Queue[list[Delivery] | None] = asyncio.Queue(maxsize=1)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"model-{stage.name}")
         self.processed = 0
+        self.upstream: list[StageLoop] = []
+        """Loops in this process that hand items to this one: in burst mode this one drains
+        only after they are done."""
+        self.done = asyncio.Event()
+        self._stop = asyncio.Event()
 
     # -- the loop ----------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
         await self.queue.ensure_groups()
         reader = asyncio.create_task(self._read_loop(stop), name=f"read:{self.stage.name}")
         keeper = asyncio.create_task(self._heartbeat_loop(stop), name=f"beat:{self.stage.name}")
@@ -85,6 +96,14 @@ class StageLoop:
             if finishing is not None:
                 await finishing
             await reader
+            self.done.set()
+        except _Abandon:
+            log.warning(
+                "stage %s: stopping while Redis is unreachable; the %d entries in hand stay "
+                "pending and a live worker will claim them",
+                self.stage.name,
+                len(self.held),
+            )
         finally:
             for task in (reader, keeper):
                 task.cancel()
@@ -96,21 +115,30 @@ class StageLoop:
         """Fill the inbox: first this consumer's own pending entries (a restart under the
         same name), then new ones, in batches."""
         try:
-            own = await self.queue.read(OWN_PENDING_LIMIT, None, own_pending=True)
-            size = self.config.max_batch_size
-            for start in range(0, len(own), size):
-                await self._put(own[start : start + size])
+            await self._put_alone(await self.queue.read(OWN_PENDING_LIMIT, None, own_pending=True))
             while not stop.is_set():
+                # Snapshot first: whatever upstream handed on before it finished is readable now.
+                upstream_done = all(loop.done.is_set() for loop in self.upstream)
                 deliveries = await self._persist("read", self.read_batch)
                 if deliveries:
                     await self._put(deliveries)
                 elif self.burst:
                     claimed, _ = await self.queue.claim(self.config.max_batch_size)
-                    if not claimed:
+                    if claimed:
+                        await self._put_alone(claimed)
+                    elif upstream_done:
                         break
-                    await self._put(claimed)
+        except _Abandon:
+            pass
         finally:
             await self._inbox.put(None)
+
+    async def _put_alone(self, deliveries: list[Delivery]) -> None:
+        """Recovered entries (a dead consumer's, or our own from a previous life) run one per
+        batch: one of them may be what crashed it, and a crash must count against that entry
+        alone, not against every item that shared its batch."""
+        for delivery in deliveries:
+            await self._put([delivery])
 
     async def _put(self, deliveries: list[Delivery]) -> None:
         for delivery in deliveries:
@@ -125,12 +153,20 @@ class StageLoop:
         deliveries = await self.queue.read(size, block_ms)
         if not deliveries or len(deliveries) >= size or self.config.batch_wait_timeout_s <= 0:
             return deliveries
-        deadline = time.monotonic() + self.config.batch_wait_timeout_s
+        # Poll rather than XREADGROUP BLOCK: a server times out blocked commands only on its
+        # `hz` tick (100 ms by default), which would stretch a 2 ms wait to 100 ms.
+        wait = self.config.batch_wait_timeout_s
+        deadline = time.monotonic() + wait
+        pause = max(wait / 4, MIN_POLL_S)
         while len(deliveries) < size:
-            remaining_ms = int((deadline - time.monotonic()) * 1000)
-            if remaining_ms < 1:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 break
-            deliveries += await self.queue.read(size - len(deliveries), remaining_ms)
+            more = await self.queue.read(size - len(deliveries), None)
+            if more:
+                deliveries += more
+            else:
+                await asyncio.sleep(min(remaining, pause))
         return deliveries
 
     # -- one batch ---------------------------------------------------------------------------
@@ -278,13 +314,18 @@ class StageLoop:
                 )
 
     async def _persist(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Retry ``call`` while Redis is unreachable (it restarts; nothing is lost meanwhile)."""
+        """Retry ``call`` while Redis is unreachable (it restarts; nothing is lost meanwhile).
+        Once the worker is stopping, give up instead (_Abandon): what it holds stays pending."""
         while True:
             try:
                 return await call()
             except REDIS_DOWN as exc:
+                if self._stop.is_set():
+                    raise _Abandon from exc
                 log.warning("stage %s: cannot %s (%s); retrying", self.stage.name, what, exc)
-                await asyncio.sleep(RETRY_S)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(RETRY_S):
+                        await self._stop.wait()
 
     # -- liveness ----------------------------------------------------------------------------
 
@@ -313,7 +354,7 @@ class StageLoop:
                 log.info(
                     "stage %s: claimed %d entries of a dead consumer", self.stage.name, len(claimed)
                 )
-                await self._put(claimed)
+                await self._put_alone(claimed)
 
 
 def _call_sync(handler: BatchedHandler[Any], values: list[Any]) -> list[Any]:

@@ -22,7 +22,7 @@ from queueing.connection import connect_async
 from queueing.keys import Keys
 from queueing.settings import Settings
 from queueing.streams import StageQueue, consumer_name, heartbeat, retire
-from workers.device import resolve_device
+from workers.device import configure_torch, resolve_device
 from workers.loop import StageLoop
 from workers.stage import Stage, Topology
 
@@ -77,10 +77,21 @@ class Worker:
             # Only stages with a setup(device) hook need one (and torch imported to find it).
             needs_device = any(stage.needs_device for stage in self.stages)
             device = resolve_device(self.settings.device) if needs_device else "cpu"
+            if needs_device:
+                configure_torch(self.settings.torch_threads)
             for stage in self.stages:
                 handler = await asyncio.to_thread(stage.load, device)
                 queue = StageQueue(client, self.settings, stage.name, self.consumer)
                 self.loops.append(StageLoop(stage, handler, queue, self.settings, burst=self.burst))
+            by_name = {loop.stage.name: loop for loop in self.loops}
+            for stage_loop in self.loops:
+                for target in {
+                    *stage_loop.stage.next,
+                    *stage_loop.stage.routes,
+                    stage_loop.stage.join,
+                }:
+                    if target in by_name:
+                        by_name[target].upstream.append(stage_loop)
             info = {
                 "stages": [stage.name for stage in self.stages],
                 "pid": os.getpid(),
