@@ -22,7 +22,7 @@ class StageSpec:
     name: str
     """Full stage name, ``<pipeline>.<stage>``: its stream and consumer group."""
     max_batch_size: int = 32
-    batch_wait_timeout_s: float = 0.01
+    batch_wait_timeout_s: float = 0.0
     next: tuple[str, ...] = ()
     """Stages this one hands off to: one for a chain, several for a fan-out; empty at the end."""
     routes: tuple[str, ...] = ()

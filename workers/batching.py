@@ -38,8 +38,10 @@ class BatchConfig:
 
     max_batch_size: int = 32
     """The most items one call gets; under load every batch is this big."""
-    batch_wait_timeout_s: float = 0.01
-    """How long a partial batch waits for more items before it runs anyway."""
+    batch_wait_timeout_s: float = 0.0
+    """How long a partial batch waits for more items before it runs anyway. The default, as
+    in Ray Serve, is not to wait: whatever is waiting is taken at once, so batches grow with
+    the load; a GPU model whose cost hardly depends on the batch size gains from a few ms."""
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -130,14 +132,14 @@ class BatchedHandler(Generic[T]):
 def batch(fn: BatchFn, /) -> BatchedHandler[Any]: ...
 @overload
 def batch(
-    *, max_batch_size: int = 32, batch_wait_timeout_s: float = 0.01
+    *, max_batch_size: int = 32, batch_wait_timeout_s: float = 0.0
 ) -> Callable[[BatchFn], BatchedHandler[Any]]: ...
 def batch(
     fn: BatchFn | None = None,
     /,
     *,
     max_batch_size: int = 32,
-    batch_wait_timeout_s: float = 0.01,
+    batch_wait_timeout_s: float = 0.0,
 ) -> BatchedHandler[Any] | Callable[[BatchFn], BatchedHandler[Any]]:
     """Mark a function or method as a batch handler: it takes a list of inputs and returns a
     list of outputs of the same length. Works bare (``@batch``) or with settings."""
