@@ -30,7 +30,14 @@ import redis.asyncio
 import redis.exceptions
 
 from queueing.connection import broker_errors, connect, connect_async, is_unknown_command
-from queueing.errors import ConfigError, IdempotencyConflict, QueueFull, ResultTimeout, UnknownJob
+from queueing.errors import (
+    ConfigError,
+    IdempotencyConflict,
+    NotDurable,
+    QueueFull,
+    ResultTimeout,
+    UnknownJob,
+)
 from queueing.jobs import JobRecord, JobStatus
 from queueing.keys import Keys, is_job_id, new_job_id
 from queueing.message import Message, dumps
@@ -95,10 +102,13 @@ class _Core:
         per_partition = max(1, -(-limit // self.settings.partitions))
         stage = spec.entry.name
         stamp = repr(now)
+        # Inputs without an idempotency key share one partition, so one script takes them
+        # all or none; a keyed input lives where its key hashes.
+        shared = self.partition_for(spec.name, None)
         batches: dict[int, _SubmitBatch] = {}
         for index, (value, idem) in enumerate(zip(values, idempotency_keys, strict=True)):
             data = dumps(value)
-            partition = self.partition_for(spec.name, idem)
+            partition = shared if idem is None else self.partition_for(spec.name, idem)
             batch = batches.get(partition)
             if batch is None:
                 batch = batches[partition] = _SubmitBatch(
@@ -138,17 +148,16 @@ class _Core:
         for batch, reply in zip(batches, replies, strict=True):
             if isinstance(reply, Exception):
                 raise reply
+            if len(reply) == 1 and reply[0][0] == b"conflict" and len(reply[0]) == 3:
+                idem = batch.idempotency_keys[int(reply[0][2]) - 1]
+                assert idem is not None
+                raise IdempotencyConflict(idem, reply[0][1].decode())
             if len(reply) == 1 and reply[0][0] == b"full":
                 spec = self.specs[batch.pipeline]
                 limit = spec.max_backlog or self.settings.max_backlog
                 backlog = int(reply[0][1]) * self.settings.partitions
                 raise QueueFull(batch.pipeline, backlog, limit)
-            for index, idem, (kind, job_id) in zip(
-                batch.indexes, batch.idempotency_keys, reply, strict=True
-            ):
-                if kind == b"conflict":
-                    assert idem is not None
-                    raise IdempotencyConflict(idem, job_id.decode())
+            for index, (kind, job_id) in zip(batch.indexes, reply, strict=True):
                 out[index] = (job_id.decode(), kind == b"queued")
         return out
 
@@ -174,6 +183,13 @@ class _Core:
             raise UnknownJob(job_id)
         before = JobStatus(reply.decode())
         return JobStatus.CANCELLED if not before.finished else before
+
+    def check_waitaof(self, reply: Sequence[int]) -> None:
+        if int(reply[0]) < 1:
+            raise NotDurable(
+                "the server did not fsync its AOF within 5 s (is appendfsync set to 'no'?): "
+                "the job is queued, but not known to be on disk"
+            )
 
     def waitaof_failed(self, exc: redis.exceptions.ResponseError) -> None:
         if is_unknown_command(exc):
@@ -245,13 +261,13 @@ class Job:
             while True:
                 if waiter.notice is not None:
                     return waiter.notice.outcome()
+                waiter.event.clear()  # before the read: a wake-up after it is not lost
                 record = self.info()
                 if record.status.finished:
                     return record.outcome()
                 remaining = _remaining(limit)
                 if remaining is not None and remaining <= 0:
                     raise ResultTimeout(self.id, timeout or 0.0)
-                waiter.event.clear()
                 waiter.event.wait(remaining)
         finally:
             listener.unregister(waiter)
@@ -312,13 +328,13 @@ class AsyncJob:
             while True:
                 if waiter.notice is not None:
                     return waiter
+                waiter.event.clear()  # before the read: a wake-up after it is not lost
                 record = await self.info()
                 if record.status.finished:
                     return waiter
                 remaining = _remaining(limit)
                 if remaining is not None and remaining <= 0:
                     raise ResultTimeout(self.id, timeout or 0.0)
-                waiter.event.clear()
                 await _wait_event(waiter.event, remaining)
         finally:
             listener.unregister(waiter)
@@ -452,9 +468,11 @@ class Client:
     def _wait_for_aof(self) -> None:
         if self.core.waitaof:
             try:
-                self.redis.execute_command("WAITAOF", 1, 0, 5000)
+                reply = self.redis.execute_command("WAITAOF", 1, 0, 5000)
             except redis.exceptions.ResponseError as exc:
                 self.core.waitaof_failed(exc)
+            else:
+                self.core.check_waitaof(reply)
 
     def job(self, job_id: str) -> Job:
         """A handle on an existing job (UnknownJob if there is none)."""
@@ -620,9 +638,11 @@ class AsyncClient:
     async def _wait_for_aof(self) -> None:
         if self.core.waitaof:
             try:
-                await self.redis.execute_command("WAITAOF", 1, 0, 5000)
+                reply = await self.redis.execute_command("WAITAOF", 1, 0, 5000)
             except redis.exceptions.ResponseError as exc:
                 self.core.waitaof_failed(exc)
+            else:
+                self.core.check_waitaof(reply)
 
     async def job(self, job_id: str) -> AsyncJob:
         """A handle on an existing job (UnknownJob if there is none)."""

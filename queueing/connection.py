@@ -27,8 +27,16 @@ def _url(settings: Settings) -> str:
     return settings.redis_url
 
 
+def _timeouts(settings: Settings, options: dict[str, Any]) -> dict[str, Any]:
+    """A socket timeout longer than any blocking command we send (XREADGROUP BLOCK, WAITAOF):
+    redis-py's default would cut an idle worker's reads short."""
+    options.setdefault("socket_timeout", settings.block_ms / 1000 + 10)
+    return options
+
+
 def connect(settings: Settings, **options: Any) -> redis.Redis:
     """A blocking client (connection pool) for ``settings.redis_url``."""
+    options = _timeouts(settings, options)
     try:
         return redis.Redis.from_url(_url(settings), **options)
     except ValueError as exc:
@@ -39,6 +47,7 @@ def connect(settings: Settings, **options: Any) -> redis.Redis:
 
 def connect_async(settings: Settings, **options: Any) -> redis.asyncio.Redis:
     """An asyncio client (connection pool) for ``settings.redis_url``."""
+    options = _timeouts(settings, options)
     try:
         client = redis.asyncio.Redis.from_url(_url(settings), **options)
     except ValueError as exc:

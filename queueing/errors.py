@@ -5,6 +5,7 @@
     BatchlineError
     ├── ConfigError            a setting has a bad value (the message names the variable)
     ├── BrokerUnavailable      Redis cannot be reached (wraps redis-py's connection errors)
+    ├── NotDurable             a durable submit was queued but the server did not fsync it
     ├── DecodeError            a stream entry or payload cannot be decoded
     ├── UnknownPipeline        no pipeline of that name is registered
     ├── UnknownJob             no job of that id (or it expired, or belongs to someone else)
@@ -30,6 +31,10 @@ class ConfigError(BatchlineError, ValueError):
 
 class BrokerUnavailable(BatchlineError, ConnectionError):
     """Redis cannot be reached."""
+
+
+class NotDurable(BatchlineError):
+    """A durable submit was queued, but the server did not confirm it is on disk."""
 
 
 class DecodeError(BatchlineError, ValueError):

@@ -10,8 +10,8 @@ import re
 import secrets
 from dataclasses import dataclass
 
-_JOB_ID = re.compile(r"^(\d{1,4})-([0-9a-f]{32})$")
-_STAGE = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)?$")
+_JOB_ID = re.compile(r"([0-9]{1,4})-([0-9a-f]{32})")
+_STAGE = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)?")
 
 
 def new_job_id(partition: int) -> str:
@@ -21,19 +21,19 @@ def new_job_id(partition: int) -> str:
 
 def partition_of(job_id: str) -> int:
     """The partition a job id lives in; ValueError if it is not a job id."""
-    match = _JOB_ID.match(job_id)
+    match = _JOB_ID.fullmatch(job_id)
     if match is None:
         raise ValueError(f"not a job id: {job_id!r}")
     return int(match.group(1))
 
 
 def is_job_id(job_id: str) -> bool:
-    return _JOB_ID.match(job_id) is not None
+    return _JOB_ID.fullmatch(job_id) is not None
 
 
 def check_name(name: str) -> str:
     """Pipeline and stage names: letters, digits, ``_`` and ``-`` (``pipeline.stage``)."""
-    if not _STAGE.match(name):
+    if not _STAGE.fullmatch(name):
         raise ValueError(
             f"bad name {name!r}: use letters, digits, '_' and '-' (and one '.' in pipeline.stage)"
         )

@@ -84,7 +84,7 @@ class Message:
             deadline = float(fields[b"dl"]) if b"dl" in fields else None
         except ValueError as exc:
             raise DecodeError(f"entry of job {job_id} has a bad timestamp: {exc}") from exc
-        fmt = fields[b"fmt"].decode() if b"fmt" in fields else JSON
+        fmt = _text(fields, b"fmt") if b"fmt" in fields else JSON
         return cls(job_id, data, enqueued_at, deadline, fmt)
 
     def value(self) -> Any:

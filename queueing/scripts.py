@@ -47,7 +47,8 @@ end
 
 # Submits several jobs of one pipeline in one partition, all or none: each gets a job record
 # and one entry in the first stage's stream. Per job answers {'queued'|'existing'|'conflict',
-# job id}; or, if the backlog has no room for the new ones, {{'full', backlog}}.
+# job id}; or, if the backlog has no room for the new ones, {{'full', backlog}}; or, if a
+# key names a job with another input, {{'conflict', that job id, index of the input}}.
 # KEYS: stream, entries
 # ARGV: pipeline, stage, now, max_backlog, idem_ttl, reply channel, owner, job_prefix, then
 #   per job: job id, deadline|'', idempotency key|'', fingerprint, n fields, fields...
@@ -68,7 +69,7 @@ for k, job in ipairs(jobs) do
     local sep = string.find(existing, ' ', 1, true)
     local id = string.sub(existing, 1, sep - 1)
     if string.sub(existing, sep + 1) ~= job.fp then
-      out[k] = {'conflict', id}
+      return {{'conflict', id, k}}  -- nothing of this call is queued
     else
       out[k] = {'existing', id}
     end

@@ -80,13 +80,13 @@ class Settings:
     def validated(self) -> Settings:
         checks = [
             ("partitions", self.partitions >= 1),
-            ("result_ttl_s", self.result_ttl_s > 0),
-            ("visibility_timeout_s", self.visibility_timeout_s > 0),
+            ("result_ttl_s", 1 <= self.result_ttl_s < 1e9),
+            ("visibility_timeout_s", 0 < self.visibility_timeout_s < 1e6),
             ("max_deliveries", self.max_deliveries >= 1),
             ("max_backlog", self.max_backlog >= 1),
-            ("block_ms", self.block_ms >= 1),
+            ("block_ms", 1 <= self.block_ms <= 60_000),
             ("max_body_bytes", self.max_body_bytes >= 1),
-            ("max_wait_s", self.max_wait_s > 0),
+            ("max_wait_s", 0 < self.max_wait_s < 1e6),
             ("torch_threads", self.torch_threads >= 0),
             ("prefix", bool(self.prefix) and not any(c in self.prefix for c in "{}: ")),
         ]

@@ -206,7 +206,8 @@ class AsyncListener:
                 self._ready.set()
                 self._hub.wake_all()
                 while True:
-                    message = await pubsub.get_message(timeout=None)
+                    # A bounded wait on the socket (no command is sent), under its timeout.
+                    message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message["type"] == "message":
                         self._hub.deliver(message["data"])
             except _REDIS_DOWN as exc:
