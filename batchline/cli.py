@@ -1,4 +1,4 @@
-"""The ``batchline`` command: up, web, worker, server, status, register, keygen."""
+"""The ``batchline`` command: up, web, worker, server, status, register, procfile, keygen."""
 
 from __future__ import annotations
 
@@ -129,6 +129,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_procfile(args: argparse.Namespace) -> int:
+    from batchline.procfile import procfile
+
+    topologies = load_topologies(_settings(args))
+    print(procfile({name: list(t.stages) for name, t in topologies.items()}), end="")
+    return 0
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
     from api.auth import new_key
 
@@ -254,6 +262,10 @@ def parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="backlog, counters and live workers per stage")
     common(status)
     status.set_defaults(run=cmd_status)
+
+    procfile = sub.add_parser("procfile", help="print a Procfile for the pipelines")
+    procfile.add_argument("--pipelines", help="comma-separated modules defining pipelines")
+    procfile.set_defaults(run=cmd_procfile)
 
     keygen = sub.add_parser("keygen", help="make an API key and the digest to configure")
     keygen.set_defaults(run=cmd_keygen)

@@ -151,7 +151,9 @@ class Pipeline:
                     )
                 continue
             if element.routes:
-                nxt: tuple[str, ...] = ()  # a router's outputs are results unless a Route names a stage
+                nxt: tuple[
+                    str, ...
+                ] = ()  # a router's outputs are results unless a Route names a stage
             elif isinstance(following, FanOut):
                 nxt = tuple(self.full_name(b.name) for b in following.branches)
             elif following is not None:

@@ -49,7 +49,10 @@ from queueing.waiters import AsyncListener, Listener, Waiter
 log = logging.getLogger(__name__)
 
 SUBMIT_CHUNK = 256
-"""Most submissions sent in one script call (``map`` and ``submit_many`` chunk by it)."""
+"""Inputs ``map`` submits per round trip."""
+MAX_SUBMIT_MANY = 10_000
+"""Most inputs one ``submit_many`` takes: it is one script, all or none, that holds the server
+while it runs."""
 
 
 @dataclass
@@ -85,14 +88,21 @@ class _Core:
     def submit_batches(
         self,
         spec: PipelineSpec,
-        values: Sequence[Any],
+        inputs: Iterable[Any],
         *,
         timeout_s: float | None,
         deadline: float | None,
-        idempotency_keys: Sequence[str | None],
+        idempotency_keys: Iterable[str | None] | None,
         owner: str | None,
-    ) -> list[_SubmitBatch]:
-        """The script calls that submit ``values``: one per partition touched."""
+    ) -> tuple[list[_SubmitBatch], int]:
+        """The script calls that submit ``inputs`` (one per partition touched), and how many
+        inputs there are."""
+        values = list(inputs)
+        if len(values) > MAX_SUBMIT_MANY:
+            raise ValueError(
+                f"{len(values)} inputs in one submit; at most {MAX_SUBMIT_MANY} (map() takes any number)"
+            )
+        keys = list(idempotency_keys) if idempotency_keys is not None else [None] * len(values)
         now = time.time()
         if timeout_s is not None:
             if timeout_s <= 0:
@@ -106,7 +116,7 @@ class _Core:
         # all or none; a keyed input lives where its key hashes.
         shared = self.partition_for(spec.name, None)
         batches: dict[int, _SubmitBatch] = {}
-        for index, (value, idem) in enumerate(zip(values, idempotency_keys, strict=True)):
+        for index, (value, idem) in enumerate(zip(values, keys, strict=True)):
             data = dumps(value)
             partition = shared if idem is None else self.partition_for(spec.name, idem)
             batch = batches.get(partition)
@@ -138,7 +148,7 @@ class _Core:
             ]
             batch.indexes.append(index)
             batch.idempotency_keys.append(idem)
-        return list(batches.values())
+        return list(batches.values()), len(values)
 
     def submit_replies(
         self, batches: Sequence[_SubmitBatch], replies: Sequence[Any], count: int
@@ -439,30 +449,25 @@ class Client:
         idempotency_keys: Iterable[str | None] | None = None,
         owner: str | None = None,
     ) -> list[Job]:
-        """Enqueue several inputs in one round trip, each its own job; all or none (QueueFull)."""
+        """Enqueue several inputs in one round trip, each its own job; all or none (QueueFull)
+        within a partition (inputs without an idempotency key share one)."""
         self.listener()  # subscribed before anything can finish
-        spec = self.pipeline(pipeline)
-        values = list(inputs)
-        idem = list(idempotency_keys) if idempotency_keys is not None else [None] * len(values)
-        jobs: list[Job] = []
-        for start in range(0, len(values), SUBMIT_CHUNK):
-            chunk = slice(start, start + SUBMIT_CHUNK)
-            batches = self.core.submit_batches(
-                spec,
-                values[chunk],
-                timeout_s=timeout_s,
-                deadline=deadline,
-                idempotency_keys=idem[chunk],
-                owner=owner,
-            )
-            with broker_errors():
-                pipe = self.redis.pipeline(transaction=False)
-                for batch in batches:
-                    self._submit(keys=batch.keys, args=batch.args, client=pipe)
-                replies = pipe.execute(raise_on_error=False)
-                self._wait_for_aof()
-            ids = self.core.submit_replies(batches, replies, len(values[chunk]))
-            jobs += [Job(self, job_id, watched=created) for job_id, created in ids]
+        batches, count = self.core.submit_batches(
+            self.pipeline(pipeline),
+            inputs,
+            timeout_s=timeout_s,
+            deadline=deadline,
+            idempotency_keys=idempotency_keys,
+            owner=owner,
+        )
+        with broker_errors():
+            pipe = self.redis.pipeline(transaction=False)
+            for batch in batches:
+                self._submit(keys=batch.keys, args=batch.args, client=pipe)
+            replies = pipe.execute(raise_on_error=False)
+            self._wait_for_aof()
+        ids = self.core.submit_replies(batches, replies, count)
+        jobs = [Job(self, job_id, watched=created) for job_id, created in ids]
         return jobs
 
     def _wait_for_aof(self) -> None:
@@ -611,28 +616,22 @@ class AsyncClient:
     ) -> list[AsyncJob]:
         """Enqueue several inputs in one round trip, each its own job; all or none."""
         await self.listener()
-        spec = await self.pipeline(pipeline)
-        values = list(inputs)
-        idem = list(idempotency_keys) if idempotency_keys is not None else [None] * len(values)
-        jobs: list[AsyncJob] = []
-        for start in range(0, len(values), SUBMIT_CHUNK):
-            chunk = slice(start, start + SUBMIT_CHUNK)
-            batches = self.core.submit_batches(
-                spec,
-                values[chunk],
-                timeout_s=timeout_s,
-                deadline=deadline,
-                idempotency_keys=idem[chunk],
-                owner=owner,
-            )
-            with broker_errors():
-                pipe = self.redis.pipeline(transaction=False)
-                for batch in batches:
-                    await self._submit(keys=batch.keys, args=batch.args, client=pipe)
-                replies = await pipe.execute(raise_on_error=False)
-                await self._wait_for_aof()
-            ids = self.core.submit_replies(batches, replies, len(values[chunk]))
-            jobs += [AsyncJob(self, job_id, watched=created) for job_id, created in ids]
+        batches, count = self.core.submit_batches(
+            await self.pipeline(pipeline),
+            inputs,
+            timeout_s=timeout_s,
+            deadline=deadline,
+            idempotency_keys=idempotency_keys,
+            owner=owner,
+        )
+        with broker_errors():
+            pipe = self.redis.pipeline(transaction=False)
+            for batch in batches:
+                await self._submit(keys=batch.keys, args=batch.args, client=pipe)
+            replies = await pipe.execute(raise_on_error=False)
+            await self._wait_for_aof()
+        ids = self.core.submit_replies(batches, replies, count)
+        jobs = [AsyncJob(self, job_id, watched=created) for job_id, created in ids]
         return jobs
 
     async def _wait_for_aof(self) -> None:

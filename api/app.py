@@ -1,0 +1,68 @@
+"""The FastAPI app: ``create_app()`` builds it; ``app`` is the one ``uvicorn api.app:app`` runs.
+
+Nothing connects, and no setting is read, at import: settings come from the environment (or the
+factory's argument) and the Redis client is opened in the lifespan, closed on shutdown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api import errors
+from api.gateway import Gateway
+from api.limits import BodyLimit
+from api.metrics import Metrics, RequestMetrics
+from api.routes import ops, v1
+from queueing.client import AsyncClient
+from queueing.settings import Settings
+
+DESCRIPTION = """\
+Submit inputs to batchline's pipelines, poll or wait for their results, cancel them.
+
+Errors are JSON, `{"error": code, "message": text, ...}`: 401 (API key), 404 (unknown pipeline
+or job), 409 (idempotency key reused with another input), 413 (body too large), 422 (not JSON,
+or not what the pipeline's input schema says, with where), 429 and 503 (with `Retry-After`),
+504 (a synchronous call past its timeout: poll the job it names).
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A gateway app. ``settings`` default to ``Settings.from_env()``, read at start-up."""
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        resolved = settings or Settings.from_env()
+        client = AsyncClient(resolved)
+        try:
+            gateway = Gateway(resolved, client, metrics)
+            await gateway.warm_up()
+            app.state.gateway = gateway
+            yield
+        finally:
+            await client.close()
+
+    app = FastAPI(
+        title="batchline",
+        description=DESCRIPTION,
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.include_router(v1)
+    app.include_router(ops)
+    errors.install(app)
+
+    def body_limit() -> int:
+        gateway: Gateway | None = getattr(app.state, "gateway", None)
+        return (gateway.settings if gateway else Settings()).max_body_bytes
+
+    # Added last, run first: metrics see every request, including a 413.
+    app.add_middleware(BodyLimit, limit=body_limit)
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    return app
+
+
+app = create_app()

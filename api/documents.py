@@ -1,0 +1,152 @@
+"""The documents the gateway answers, and their models for the OpenAPI page.
+
+Responses are built from dicts and rendered by orjson; the pydantic models below only describe
+them (and the bodies that :mod:`api.submission` parses by hand) for ``/docs``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import Request
+from pydantic import BaseModel, Field
+from starlette.responses import JSONResponse as _StarletteJSONResponse
+
+from queueing.jobs import JobRecord, JobStatus
+from queueing.overview import Overview
+from queueing.registry import PipelineSpec
+
+
+class JSONResponse(_StarletteJSONResponse):
+    """JSON rendered by orjson (the codec the queue uses too), newline-terminated for curl."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE)
+
+
+def job_path(request: Request, job_id: str) -> str:
+    """Where a job is polled (relative to the host, so it holds behind any proxy)."""
+    root: str = request.scope.get("root_path", "")
+    return f"{root}/v1/jobs/{job_id}"
+
+
+def accepted(request: Request, job_id: str, status: JobStatus | str) -> dict[str, Any]:
+    return {"id": job_id, "url": job_path(request, job_id), "status": str(status)}
+
+
+def job_document(request: Request, record: JobRecord) -> dict[str, Any]:
+    """A job as polled, cancelled or run synchronously: one shape for all three."""
+    doc = record.to_dict()
+    doc["url"] = job_path(request, record.id)
+    return doc
+
+
+def pipeline_document(spec: PipelineSpec, view: Overview) -> dict[str, Any]:
+    """A pipeline's page: its stages with their batch settings, backlog and live workers."""
+    stages = []
+    for stage in spec.stages:
+        stats = view.stages.get(stage.name)
+        stages.append(
+            {
+                **stage.to_dict(),
+                "backlog": stats.backlog if stats else 0,
+                "workers": stats.workers if stats else [],
+                "counters": stats.counters if stats else {},
+            }
+        )
+    entry = view.stages.get(spec.entry.name)
+    return {
+        "name": spec.name,
+        "description": spec.description,
+        "stages": stages,
+        "input_schema": spec.input_schema,
+        "example": spec.example,
+        "max_backlog": spec.max_backlog,
+        "backlog": entry.backlog if entry else 0,
+        "workers": sorted({w for stage in stages for w in stage["workers"]}),
+    }
+
+
+# -- models for the OpenAPI page ---------------------------------------------------------------
+
+
+class SubmitBody(BaseModel):
+    """One input (``input``) or several (``inputs``), with an optional deadline."""
+
+    input: Any = Field(None, description="The pipeline's input (checked against its schema).")
+    inputs: list[Any] | None = Field(
+        None, description="Several inputs, each its own job (instead of `input`)."
+    )
+    timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds from now after which a worker no longer starts the job (it "
+        "expires). For the synchronous call, also how long to wait (at most the gateway's "
+        "BATCHLINE_MAX_WAIT_S).",
+    )
+
+
+class RunBody(BaseModel):
+    """One input, with an optional deadline (which also bounds the wait)."""
+
+    input: Any = Field(..., description="The pipeline's input (checked against its schema).")
+    timeout_s: float | None = Field(None, gt=0)
+
+
+class Accepted(BaseModel):
+    id: str
+    url: str = Field(description="Where to poll the job: GET it, with ?wait=S to long-poll.")
+    status: str
+
+
+class Timing(BaseModel):
+    stage: str
+    queue_wait_s: float
+    batch_size: int
+    compute_s: float
+    started_at: float
+
+
+class JobDocument(BaseModel):
+    """A job: ``result`` when done, ``error`` when failed, expired or cancelled."""
+
+    id: str
+    url: str
+    status: str = Field(description="queued, running, done, failed, expired or cancelled")
+    pipeline: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    timings: list[Timing]
+    result: Any = None
+    error: str | None = None
+
+
+class ErrorDocument(BaseModel):
+    error: str = Field(description="A stable code: invalid_input, unknown_job, queue_full...")
+    message: str
+
+
+def request_body(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` describing a body that the endpoint reads itself."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    descriptions = {
+        401: "No API key, or an unknown one.",
+        404: "Unknown pipeline or job (another key's job is unknown too).",
+        409: "The Idempotency-Key names a job with a different input.",
+        413: "The body is over BATCHLINE_MAX_BODY_BYTES.",
+        422: "The body is not JSON, not of this shape, or fails the pipeline's input schema.",
+        429: "The pipeline's backlog is full; see Retry-After.",
+        503: "Redis is unreachable; see Retry-After.",
+        504: "No result within the timeout; the body has the job's id and url, poll it.",
+    }
+    return {s: {"model": ErrorDocument, "description": descriptions[s]} for s in statuses}

@@ -1,0 +1,180 @@
+"""Every error the gateway answers, mapped to an HTTP status in this one module.
+
+The body is always JSON of one shape, never a traceback::
+
+    {"error": "<code>", "message": "<what happened, and what to do>", ...details}
+
+- 422 ``InvalidInput``, FastAPI's ``RequestValidationError``: ``errors``, each
+  ``{"where", "message"}`` (``where`` like ``input.name`` or ``query.wait``)
+- 413 ``BodyTooLarge``: ``limit`` in bytes
+- 401 ``Unauthorized``: ``WWW-Authenticate: Bearer``
+- 404 ``UnknownPipeline``, ``UnknownJob`` (another key's job is unknown too), unknown routes
+- 409 ``IdempotencyConflict``: ``id`` of the job the key names
+- 429 ``QueueFull``: ``Retry-After``
+- 503 ``BrokerUnavailable`` (and redis-py's connection errors, should one slip by),
+  ``NotReady``: ``Retry-After``
+- 504 ``ResultTimeout``: ``id`` and ``url`` of the job, which goes on: poll it
+- 500 any other ``BatchlineError`` (a deployment problem: its message), and anything else
+  (logged with its traceback, which is never sent)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import redis.exceptions
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from api.documents import JSONResponse, job_path
+from queueing.errors import (
+    BatchlineError,
+    BrokerUnavailable,
+    IdempotencyConflict,
+    QueueFull,
+    ResultTimeout,
+    UnknownJob,
+    UnknownPipeline,
+)
+
+log = logging.getLogger(__name__)
+
+BROKER_RETRY_AFTER_S = 2
+"""What a 503 tells clients to wait before retrying while Redis is unreachable."""
+
+MAX_REPORTED_ERRORS = 20
+
+
+class ApiError(Exception):
+    """An error only the gateway raises (bad requests, mostly)."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class InvalidInput(ApiError):
+    """The body is not JSON, not of the expected shape, or fails the pipeline's schema."""
+
+    status = 422
+    code = "invalid_input"
+
+    def __init__(self, message: str, errors: Sequence[Mapping[str, str]] = ()) -> None:
+        super().__init__(message, errors=list(errors)[:MAX_REPORTED_ERRORS])
+
+
+class BodyTooLarge(ApiError):
+    """The request body passed the configured limit (counted on the bytes received)."""
+
+    status = 413
+    code = "body_too_large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"the request body is over the limit of {limit} bytes (BATCHLINE_MAX_BODY_BYTES)",
+            limit=limit,
+        )
+
+
+class Unauthorized(ApiError):
+    """No API key, or one that is not configured."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class NotReady(ApiError):
+    """Redis answers but the gateway cannot serve yet (no pipeline is registered)."""
+
+    status = 503
+    code = "not_ready"
+
+
+def problem(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None, **details: Any
+) -> Response:
+    """The one error body shape."""
+    return JSONResponse({"error": code, "message": message, **details}, status, dict(headers or {}))
+
+
+def _retry_after(seconds: float) -> dict[str, str]:
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    headers: dict[str, str] | None = None
+    if isinstance(exc, Unauthorized):
+        headers = {"WWW-Authenticate": "Bearer"}
+    elif isinstance(exc, NotReady):
+        headers = _retry_after(BROKER_RETRY_AFTER_S)
+    return problem(exc.status, exc.code, exc.message, headers, **exc.details)
+
+
+async def _batchline_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BatchlineError)
+    message = str(exc)
+    if isinstance(exc, UnknownPipeline):
+        return problem(404, "unknown_pipeline", message, pipeline=exc.name)
+    if isinstance(exc, UnknownJob):
+        return problem(404, "unknown_job", message)
+    if isinstance(exc, IdempotencyConflict):
+        return problem(409, "idempotency_conflict", message, id=exc.job_id)
+    if isinstance(exc, QueueFull):
+        return problem(429, "queue_full", message, _retry_after(exc.retry_after))
+    if isinstance(exc, BrokerUnavailable):
+        log.warning("answering 503: %s", exc)
+        return problem(503, "broker_unavailable", message, _retry_after(BROKER_RETRY_AFTER_S))
+    if isinstance(exc, ResultTimeout):
+        return problem(504, "timeout", message, id=exc.job_id, url=job_path(request, exc.job_id))
+    log.error("answering 500: %s: %s", type(exc).__name__, exc)
+    return problem(500, "internal", message)
+
+
+async def _redis_unreachable(request: Request, exc: Exception) -> Response:
+    # A safety net: the client converts these where they enter; one that slips through is
+    # still an unreachable broker, not a bug to show as a 500.
+    return await _batchline_error(request, BrokerUnavailable(f"Redis is unreachable: {exc}"))
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"where": ".".join(str(part) for part in error["loc"]), "message": error["msg"]}
+        for error in exc.errors()
+    ]
+    summary = "; ".join(f"{e['where']}: {e['message']}" for e in errors[:3])
+    return problem(
+        422, "invalid_input", f"invalid request: {summary}", errors=errors[:MAX_REPORTED_ERRORS]
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return problem(exc.status_code, code, str(exc.detail), exc.headers)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem(500, "internal", "internal error; the gateway's log has the details")
+
+
+def install(app: FastAPI) -> None:
+    """Register the mapping above on ``app``."""
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(BatchlineError, _batchline_error)
+    app.add_exception_handler(redis.exceptions.ConnectionError, _redis_unreachable)
+    app.add_exception_handler(redis.exceptions.TimeoutError, _redis_unreachable)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

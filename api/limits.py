@@ -1,0 +1,58 @@
+"""The request body limit, counted on the bytes actually received.
+
+A pure ASGI middleware: ``Content-Length`` is only used to refuse early a body that announces
+itself too large; what counts is what arrives, so a chunked body, or one whose header lies,
+is stopped as soon as it passes the limit (the handler reading it gets :class:`BodyTooLarge`,
+answered 413), and never held in memory beyond it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import BodyTooLarge, problem
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit()`` bytes (read per request, so the limit can come
+    from settings resolved at start-up)."""
+
+    def __init__(self, app: ASGIApp, limit: Callable[[], int]) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit()
+        declared = _content_length(scope)
+        if declared is not None and declared > limit:
+            error = BodyTooLarge(limit)
+            response = problem(error.status, error.code, error.message, **error.details)
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

@@ -1,0 +1,214 @@
+"""The endpoints. Each one reads its request, calls the :class:`~api.gateway.Gateway`, and
+shapes the answer; errors are raised and mapped to status codes in :mod:`api.errors`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, cast
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.responses import Response
+
+from api.documents import (
+    Accepted,
+    JobDocument,
+    JSONResponse,
+    RunBody,
+    SubmitBody,
+    accepted,
+    error_responses,
+    job_document,
+    pipeline_document,
+    request_body,
+)
+from api.errors import NotReady
+from api.gateway import Gateway
+from api.submission import parse_submission
+from queueing.errors import BrokerUnavailable, UnknownPipeline
+
+_bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="The API key")
+
+
+def _gateway(request: Request) -> Gateway:
+    return cast(Gateway, request.app.state.gateway)
+
+
+GatewayDep = Annotated[Gateway, Depends(_gateway)]
+
+
+async def _owner(
+    gateway: GatewayDep,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+    api_key: Annotated[str | None, Security(_api_key)],
+) -> str | None:
+    """The caller's identity (None when auth is off); 401 without a valid key."""
+    return gateway.keys.owner(api_key or (bearer.credentials if bearer else None))
+
+
+Owner = Annotated[str | None, Depends(_owner)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=200,
+        description="Retrying with the same key returns the same job(s) instead of new ones; "
+        "the same key with a different input is a 409. Keys are per API key, kept for "
+        "BATCHLINE_RESULT_TTL_S.",
+    ),
+]
+
+v1 = APIRouter(prefix="/v1", tags=["jobs"])
+ops = APIRouter(tags=["operations"])
+
+
+@v1.post(
+    "/pipelines/{name}/jobs",
+    status_code=202,
+    response_model=None,
+    summary="Submit one input, or several",
+    responses={
+        202: {
+            "model": Accepted | list[Accepted],
+            "description": "Queued: the job's id and where to poll it (a list for `inputs`).",
+        },
+        **error_responses(401, 404, 409, 413, 422, 429, 503),
+    },
+    openapi_extra=request_body(SubmitBody),
+)
+async def submit(
+    name: str,
+    request: Request,
+    gateway: GatewayDep,
+    owner: Owner,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """Queue `{"input": ...}` (answers one job) or `{"inputs": [...]}` (answers a list, one job
+    per input, in order). Each input is checked against the pipeline's input schema first.
+    Retrying with the same Idempotency-Key returns the same jobs rather than new ones (inputs
+    are queued all or none, except past 256 of them or across partitions)."""
+    submission = parse_submission(await request.body())
+    jobs = await gateway.submit(name, submission, idempotency_key=idempotency_key, owner=owner)
+    docs = [accepted(request, job.id, status) for job, status in jobs]
+    if submission.many:
+        return JSONResponse(docs, 202)
+    return JSONResponse(docs[0], 202, {"Location": docs[0]["url"]})
+
+
+@v1.post(
+    "/pipelines/{name}",
+    response_model=None,
+    summary="Run one input and wait for its result",
+    responses={
+        200: {
+            "model": JobDocument,
+            "description": "The job has finished: `status` says how (done, failed, expired or "
+            "cancelled), with `result` or `error`; the same document as a poll.",
+        },
+        **error_responses(401, 404, 409, 413, 422, 429, 503, 504),
+    },
+    openapi_extra=request_body(RunBody),
+)
+async def run(
+    name: str,
+    request: Request,
+    gateway: GatewayDep,
+    owner: Owner,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """Submit `{"input": ...}` and wait until the job finishes, at most `timeout_s` (and at
+    most the gateway's BATCHLINE_MAX_WAIT_S). A finished job is a 200 whatever its outcome;
+    past the timeout the answer is a 504 with the job's id and url: it goes on, poll it."""
+    submission = parse_submission(await request.body(), allow_many=False)
+    record = await gateway.run(name, submission, idempotency_key=idempotency_key, owner=owner)
+    return JSONResponse(job_document(request, record))
+
+
+@v1.get(
+    "/jobs/{job_id}",
+    response_model=None,
+    summary="A job's status, result or error, and timings",
+    responses={200: {"model": JobDocument}, **error_responses(401, 404, 422, 503)},
+)
+async def get_job(
+    job_id: str,
+    request: Request,
+    gateway: GatewayDep,
+    owner: Owner,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            description="Long-poll: answer as soon as the job finishes, or after this many "
+            "seconds (capped at BATCHLINE_MAX_WAIT_S) with its status then.",
+        ),
+    ] = 0.0,
+) -> Response:
+    record = await gateway.poll(job_id, owner, wait)
+    return JSONResponse(job_document(request, record))
+
+
+@v1.delete(
+    "/jobs/{job_id}",
+    response_model=None,
+    summary="Cancel a job",
+    responses={200: {"model": JobDocument}, **error_responses(401, 404, 503)},
+)
+async def cancel_job(job_id: str, request: Request, gateway: GatewayDep, owner: Owner) -> Response:
+    """A queued job never reaches a model; a running one's result is dropped. A job that has
+    already finished keeps its outcome. Answers the job as it is after."""
+    record = await gateway.cancel(job_id, owner)
+    return JSONResponse(job_document(request, record))
+
+
+@v1.get("/pipelines", response_model=None, summary="The registered pipelines")
+async def list_pipelines(gateway: GatewayDep, owner: Owner) -> Response:
+    """Each pipeline's stages with their batch settings, its input schema and example, its
+    backlog and the live workers serving it."""
+    view = await gateway.overview()
+    return JSONResponse(
+        {"pipelines": [pipeline_document(spec, view) for _, spec in sorted(view.pipelines.items())]}
+    )
+
+
+@v1.get(
+    "/pipelines/{name}",
+    response_model=None,
+    summary="One pipeline",
+    responses=error_responses(401, 404, 503),
+)
+async def get_pipeline(name: str, gateway: GatewayDep, owner: Owner) -> Response:
+    view = await gateway.overview()
+    spec = view.pipelines.get(name)
+    if spec is None:
+        raise UnknownPipeline(name)
+    doc: dict[str, Any] = pipeline_document(spec, view)
+    doc["live_workers"] = {worker: view.workers[worker] for worker in doc["workers"]}
+    return JSONResponse(doc)
+
+
+@ops.get("/healthz", summary="The process is alive")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@ops.get(
+    "/readyz",
+    summary="Redis answers and pipelines are registered",
+    responses=error_responses(503),
+)
+async def readyz(gateway: GatewayDep) -> Response:
+    pipelines = await gateway.ready()
+    if not pipelines:
+        raise NotReady("no pipeline is registered yet: start a worker, or run `batchline register`")
+    return JSONResponse({"status": "ready", "pipelines": pipelines})
+
+
+@ops.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(gateway: GatewayDep) -> Response:
+    try:
+        view = await gateway.overview()
+    except BrokerUnavailable:
+        view = None  # the gateway's own figures are still worth scraping
+    return Response(gateway.metrics.render(view), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,159 @@
+"""Checking a submission before anything is queued: the body's JSON and shape, then each input
+against the pipeline's input schema (JSON Schema, from the registry).
+
+Bodies are parsed here by hand (orjson, then a shape check) rather than by FastAPI, so that the
+413 of :mod:`api.limits` and the 422 messages ("what and where") stay ours.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+import orjson
+
+from api.errors import InvalidInput
+from queueing.errors import ConfigError
+from queueing.registry import PipelineSpec
+
+_FIELDS = {"input", "inputs", "timeout_s"}
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A parsed ``{"input": ...}`` or ``{"inputs": [...]}`` body."""
+
+    inputs: list[Any]
+    many: bool
+    """Whether the body was ``inputs`` (the answer is then a list, one per input)."""
+    timeout_s: float | None
+
+
+def parse_submission(body: bytes, *, allow_many: bool = True) -> Submission:
+    """Decode and check a submission body; InvalidInput says what is wrong and where."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(
+            f"the body is not valid JSON: {exc}", [{"where": "body", "message": str(exc)}]
+        ) from None
+    expected = '{"input": ...}' + (' or {"inputs": [...]}' if allow_many else "")
+    if not isinstance(doc, dict):
+        raise InvalidInput(
+            f"the body must be a JSON object, {expected}; got {type(doc).__name__}",
+            [{"where": "body", "message": f"expected an object, got {_json_type(doc)}"}],
+        )
+    unknown = sorted(set(doc) - _FIELDS)
+    if unknown:
+        raise InvalidInput(
+            f"unknown field(s) {', '.join(map(repr, unknown))}; the body is {expected} "
+            'with an optional "timeout_s"',
+            [{"where": f"body.{name}", "message": "unknown field"} for name in unknown],
+        )
+    if "inputs" in doc and not allow_many:
+        raise InvalidInput(
+            'the synchronous endpoint runs one input ({"input": ...}); submit several to '
+            "POST /v1/pipelines/{name}/jobs",
+            [{"where": "body.inputs", "message": "not accepted here"}],
+        )
+    if ("input" in doc) == ("inputs" in doc):
+        raise InvalidInput(
+            f"the body must hold exactly one of the fields: {expected}",
+            [{"where": "body", "message": 'needs exactly one of "input" and "inputs"'}],
+        )
+    timeout_s = doc.get("timeout_s")
+    if timeout_s is not None and (
+        isinstance(timeout_s, bool)
+        or not isinstance(timeout_s, int | float)
+        or not math.isfinite(timeout_s)
+        or timeout_s <= 0
+    ):
+        raise InvalidInput(
+            f"timeout_s must be a number of seconds > 0, got {orjson.dumps(timeout_s).decode()}",
+            [{"where": "body.timeout_s", "message": "must be a number > 0"}],
+        )
+    if "input" in doc:
+        return Submission([doc["input"]], False, None if timeout_s is None else float(timeout_s))
+    inputs = doc["inputs"]
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidInput(
+            '"inputs" must be a non-empty JSON array',
+            [
+                {
+                    "where": "body.inputs",
+                    "message": f"expected a non-empty array, got {_json_type(inputs)}",
+                }
+            ],
+        )
+    return Submission(inputs, True, None if timeout_s is None else float(timeout_s))
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array" if value else "an empty array"
+    return "object"
+
+
+class SchemaChecker:
+    """Validates inputs against each pipeline's ``input_schema``, compiling each schema once
+    (and again when the registry publishes a different one)."""
+
+    def __init__(self) -> None:
+        self._validators: dict[str, tuple[Mapping[str, Any], Any]] = {}
+
+    def check(self, spec: PipelineSpec, submission: Submission) -> None:
+        """InvalidInput listing each violation with where it is (``input.name``,
+        ``inputs[2][0]``...)."""
+        if spec.input_schema is None:
+            return
+        validator = self._validator(spec)
+        errors: list[dict[str, str]] = []
+        for index, value in enumerate(submission.inputs):
+            root = f"inputs[{index}]" if submission.many else "input"
+            for error in sorted(validator.iter_errors(value), key=lambda e: list(e.path)):
+                errors.append(
+                    {"where": _where(root, error.absolute_path), "message": error.message}
+                )
+        if errors:
+            first = errors[0]
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            raise InvalidInput(
+                f"input does not match the input schema of pipeline {spec.name!r}: "
+                f"{first['where']}: {first['message']}{more}",
+                errors,
+            )
+
+    def _validator(self, spec: PipelineSpec) -> Any:
+        schema = spec.input_schema
+        assert schema is not None
+        cached = self._validators.get(spec.name)
+        if cached is not None and cached[0] == schema:
+            return cached[1]
+        cls = jsonschema.validators.validator_for(schema)
+        try:
+            cls.check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            raise ConfigError(
+                f"pipeline {spec.name!r} declares an invalid input schema: {exc.message}"
+            ) from None
+        validator = cls(schema)
+        self._validators[spec.name] = (schema, validator)
+        return validator
+
+
+def _where(root: str, path: Any) -> str:
+    out = root
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out

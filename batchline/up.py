@@ -1,0 +1,216 @@
+"""``batchline up``: the one-command local deployment.
+
+With no ``REDIS_URL`` it starts the embedded server (under ``BATCHLINE_DATA_DIR``), then
+publishes the pipelines to the registry and runs, each as its own process with its output
+prefixed by its name: the gateway (``batchline web``) and one worker per stage of the
+pipelines (``batchline worker <pipeline>.<stage>``).
+
+Children run in their own sessions, so a Ctrl-C reaches this supervisor alone; it sends
+SIGTERM to every child (the gateway stops accepting, workers finish the batches in hand), waits
+for them, then stops the embedded server, whose AOF keeps whatever is still queued. If any
+child exits on its own, everything is stopped the same way (as a Procfile runner does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import redis
+
+from queueing.errors import ConfigError
+from queueing.server import EmbeddedServer
+from queueing.settings import Settings
+
+STOP_GRACE_S = 15.0
+"""How long children get to stop after SIGTERM before they are killed."""
+_COLORS = ("36", "33", "32", "35", "34", "31")
+
+
+@dataclass
+class Child:
+    name: str
+    command: list[str]
+    process: subprocess.Popen[bytes]
+    pump: threading.Thread | None = field(default=None, repr=False)
+
+
+class Output:
+    """Writes lines prefixed with a process name, one writer at a time."""
+
+    def __init__(self, stream: IO[str] | None = None, width: int = 8) -> None:
+        self.stream = stream or sys.stdout
+        self.width = width
+        self.color = self.stream.isatty()
+        self._lock = threading.Lock()
+        self._colors: dict[str, str] = {}
+
+    def line(self, name: str, text: str) -> None:
+        prefix = f"{name:<{self.width}} |"
+        if self.color:
+            code = self._colors.setdefault(name, _COLORS[len(self._colors) % len(_COLORS)])
+            prefix = f"\033[{code}m{prefix}\033[0m"
+        with self._lock:
+            self.stream.write(f"{prefix} {text}\n")
+            self.stream.flush()
+
+
+class Supervisor:
+    """Runs child processes, pumps their output through :class:`Output`, stops them all."""
+
+    def __init__(self, env: Mapping[str, str], output: Output) -> None:
+        self.env = dict(env)
+        self.output = output
+        self.children: list[Child] = []
+
+    def spawn(self, name: str, command: Sequence[str]) -> Child:
+        process = subprocess.Popen(
+            list(command),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,  # Ctrl-C reaches the supervisor, which stops us in order
+        )
+        child = Child(name, list(command), process)
+        child.pump = threading.Thread(
+            target=self._pump, args=(child,), name=f"output-{name}", daemon=True
+        )
+        child.pump.start()
+        self.children.append(child)
+        return child
+
+    def _pump(self, child: Child) -> None:
+        assert child.process.stdout is not None
+        for raw in child.process.stdout:
+            self.output.line(child.name, raw.decode(errors="replace").rstrip("\n"))
+
+    def exited(self) -> Child | None:
+        """A child that has exited, if any."""
+        for child in self.children:
+            if child.process.poll() is not None:
+                return child
+        return None
+
+    def stop(self, grace: float = STOP_GRACE_S) -> None:
+        """SIGTERM every child still running, wait up to ``grace``, then SIGKILL."""
+        for child in self.children:
+            if child.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.send_signal(signal.SIGTERM)
+        limit = time.monotonic() + grace
+        for child in self.children:
+            try:
+                child.process.wait(max(0.0, limit - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.output.line("up", f"{child.name} did not stop in {grace:g}s; killing it")
+                child.process.kill()
+                child.process.wait()
+        for child in self.children:
+            if child.pump is not None:
+                child.pump.join(timeout=2)
+
+
+def start_embedded(settings: Settings, output: Output) -> EmbeddedServer:
+    """The embedded server under ``settings.data_dir``, unless one already answers there."""
+    socket = Path(settings.data_dir).resolve() / "redis.sock"
+    if socket.exists():
+        probe = redis.Redis(unix_socket_path=str(socket))
+        try:
+            alive = bool(probe.ping())
+        except redis.exceptions.ConnectionError:
+            alive = False
+        finally:
+            probe.close()
+        if alive:
+            raise ConfigError(
+                f"a server already answers on {socket} (another `batchline up`?): stop it, or "
+                f"set BATCHLINE_DATA_DIR to another folder, or REDIS_URL=unix://{socket} to use it"
+            )
+    server = EmbeddedServer(settings.data_dir, settings.redis_server).start()
+    output.line("redis", f"embedded server at {server.url} (AOF and log in {server.data_dir})")
+    return server
+
+
+def run_up(
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    topologies: Mapping[str, Any],
+    publish: Any,
+) -> int:
+    """Run everything until Ctrl-C / SIGTERM (0) or until a child exits on its own (1).
+
+    ``topologies`` are the compiled pipelines by name; ``publish(settings)`` writes them to
+    the registry (handed in by the CLI, which owns loading them)."""
+    stages = [stage for topology in topologies.values() for stage in topology.stages]
+    output = Output(width=max([8, *(len(s) for s in stages)]))
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _: Any) -> None:
+        if not stopping.is_set():
+            output.line("up", f"{signal.Signals(signum).name}: stopping everything")
+        stopping.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    server: EmbeddedServer | None = None
+    supervisor: Supervisor | None = None
+    code = 0
+    try:
+        if not settings.redis_url:
+            server = start_embedded(settings, output)
+            settings = settings.replace(redis_url=server.url)
+        publish(settings)
+        output.line("up", f"registered {', '.join(sorted(topologies)) or 'no pipelines'}")
+        env = dict(os.environ)
+        env.update(
+            {
+                "REDIS_URL": settings.redis_url or "",
+                "BATCHLINE_PIPELINES": ",".join(settings.pipelines),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.pop("BATCHLINE_REDIS_URL", None)  # it would win over the REDIS_URL above
+        supervisor = Supervisor(env, output)
+        batchline = [sys.executable, "-m", "batchline"]
+        supervisor.spawn("web", [*batchline, "web", "--host", host, "--port", str(port)])
+        for stage in stages:
+            supervisor.spawn(stage, [*batchline, "worker", stage])
+        output.line(
+            "up",
+            f"gateway on http://{host}:{port} (docs: /docs), {len(stages)} worker(s); "
+            "Ctrl-C stops everything",
+        )
+        while not stopping.is_set():
+            exited = supervisor.exited()
+            if exited is not None:
+                output.line(
+                    "up",
+                    f"{exited.name} exited with code {exited.process.returncode}; "
+                    "stopping everything",
+                )
+                code = 1
+                break
+            stopping.wait(0.2)
+    finally:
+        # Further Ctrl-Cs must not interrupt the orderly stop below.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if supervisor is not None:
+            supervisor.stop()
+        if server is not None:
+            server.stop()
+            output.line("redis", "embedded server stopped (its AOF keeps what is queued)")
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        output.line("up", "stopped")
+    return code

@@ -1,0 +1,232 @@
+"""Bad input and overload get clear answers: 422, 413, 404, 429, 503; never a 500 traceback."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+import api.gateway
+from queueing.keys import Keys
+from queueing.registry import PipelineSpec, StageSpec
+from queueing.server import EmbeddedServer
+from queueing.settings import Settings
+from tests.api.conftest import LiveGateway
+
+
+def error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    doc: dict[str, Any] = response.json()
+    assert doc["error"] == code
+    assert doc["message"]
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("body", "where", "says"),
+    [
+        (b'{"input": [1, 2', "body", "not valid JSON"),
+        (b"", "body", "not valid JSON"),
+        (b"[1, 2]", "body", "must be a JSON object"),
+        (b'{"inptu": 1}', "body.inptu", "unknown field"),
+        (b'{"input": 1, "inputs": [1]}', "body", "exactly one"),
+        (b"{}", "body", "exactly one"),
+        (b'{"inputs": []}', "body.inputs", "non-empty"),
+        (b'{"inputs": {"a": 1}}', "body.inputs", "non-empty"),
+        (b'{"input": 1, "timeout_s": 0}', "body.timeout_s", "timeout_s"),
+        (b'{"input": 1, "timeout_s": "soon"}', "body.timeout_s", "timeout_s"),
+    ],
+)
+def test_a_malformed_body_is_422_saying_what_and_where(
+    http: httpx.Client, body: bytes, where: str, says: str
+) -> None:
+    doc = error(http.post("/v1/pipelines/echo/jobs", content=body), 422, "invalid_input")
+    assert says in doc["message"]
+    assert doc["errors"][0]["where"] == where
+
+
+def test_an_input_against_the_schema_is_422_saying_where(http: httpx.Client) -> None:
+    doc = error(
+        http.post("/v1/pipelines/greet/jobs", json={"input": {"name": 7, "age": 3}}),
+        422,
+        "invalid_input",
+    )
+    assert "greet" in doc["message"]
+    found = {(e["where"], e["message"]) for e in doc["errors"]}
+    assert ("input.name", "7 is not of type 'string'") in found
+    assert any(where == "input" and "age" in message for where, message in found)
+
+    many = error(
+        http.post("/v1/pipelines/mlp/jobs", json={"inputs": [[0.0] * 16, [0.0] * 15 + ["x"]]}),
+        422,
+        "invalid_input",
+    )
+    assert [e["where"] for e in many["errors"]] == ["inputs[1][15]"]
+    # Nothing was queued: neither the bad input nor its valid neighbour.
+    assert http.get("/v1/pipelines/mlp").json()["backlog"] == 0
+
+
+def test_the_synchronous_endpoint_takes_one_input(http: httpx.Client) -> None:
+    doc = error(http.post("/v1/pipelines/echo", json={"inputs": [1]}), 422, "invalid_input")
+    assert doc["errors"][0]["where"] == "body.inputs"
+
+
+def test_a_bad_query_or_header_is_422(http: httpx.Client) -> None:
+    job = http.post("/v1/pipelines/echo/jobs", json={"input": 1}).json()
+    doc = error(http.get(job["url"], params={"wait": -1}), 422, "invalid_input")
+    assert doc["errors"][0]["where"] == "query.wait"
+    error(
+        http.post(
+            "/v1/pipelines/echo/jobs", json={"input": 1}, headers={"Idempotency-Key": "k" * 300}
+        ),
+        422,
+        "invalid_input",
+    )
+
+
+def test_unknown_pipelines_and_jobs_are_404(http: httpx.Client) -> None:
+    error(http.post("/v1/pipelines/nope/jobs", json={"input": 1}), 404, "unknown_pipeline")
+    error(http.post("/v1/pipelines/nope", json={"input": 1}), 404, "unknown_pipeline")
+    error(http.get("/v1/pipelines/nope"), 404, "unknown_pipeline")
+    unknown = "0-" + "0" * 32
+    error(http.get(f"/v1/jobs/{unknown}"), 404, "unknown_job")
+    error(http.delete(f"/v1/jobs/{unknown}"), 404, "unknown_job")
+    error(http.get("/v1/jobs/not-a-job-id"), 404, "unknown_job")
+    error(http.get("/v1/nothing-here"), 404, "not_found")
+
+
+def test_a_full_backlog_is_429_with_retry_after(http: httpx.Client) -> None:
+    for i in range(2):  # tiny's max_backlog; no worker drains it
+        assert http.post("/v1/pipelines/tiny/jobs", json={"input": i}).status_code == 202
+    response = http.post("/v1/pipelines/tiny/jobs", json={"input": 2})
+    doc = error(response, 429, "queue_full")
+    assert int(response.headers["retry-after"]) >= 1
+    assert "tiny" in doc["message"]
+    error(http.post("/v1/pipelines/tiny", json={"input": 2}), 429, "queue_full")
+
+
+@pytest.fixture
+def small_body_gateway(
+    api_settings: Settings,
+    register: Callable[[Settings], None],
+    start_gateway: Callable[[Settings], LiveGateway],
+) -> Iterator[httpx.Client]:
+    settings = api_settings.replace(max_body_bytes=1024)
+    register(settings)
+    with start_gateway(settings).client() as http:
+        yield http
+
+
+def test_a_body_over_the_limit_is_413(small_body_gateway: httpx.Client) -> None:
+    http = small_body_gateway
+    assert http.post("/v1/pipelines/echo/jobs", json={"input": "x" * 900}).status_code == 202
+    doc = error(
+        http.post("/v1/pipelines/echo/jobs", json={"input": "x" * 2000}), 413, "body_too_large"
+    )
+    assert doc["limit"] == 1024
+
+
+def test_the_limit_counts_bytes_received_not_content_length(
+    small_body_gateway: httpx.Client,
+) -> None:
+    def chunks() -> Iterator[bytes]:  # chunked: no Content-Length to go by
+        yield b'{"input": "'
+        yield b"x" * 700
+        yield b"x" * 700
+        yield b'"}'
+
+    response = small_body_gateway.post("/v1/pipelines/echo/jobs", content=chunks())
+    assert "content-length" not in response.request.headers
+    error(response, 413, "body_too_large")
+
+    def small() -> Iterator[bytes]:
+        yield b'{"input": '
+        yield b"1}"
+
+    assert small_body_gateway.post("/v1/pipelines/echo/jobs", content=small()).status_code == 202
+
+
+def test_unreachable_redis_is_503_with_retry_after(
+    api_settings: Settings,
+    register: Callable[[Settings], None],
+    start_gateway: Callable[[Settings], LiveGateway],
+    tmp_path: Path,
+) -> None:
+    """Redis goes away under a running gateway, then comes back with what it had (AOF)."""
+    server = EmbeddedServer(
+        tmp_path / "redis", os.environ.get("BATCHLINE_TEST_REDIS_SERVER")
+    ).start()
+    try:
+        settings = api_settings.replace(redis_url=server.url)
+        register(settings)
+        with start_gateway(settings).client() as http:
+            job = http.post("/v1/pipelines/echo/jobs", json={"input": 1}).json()
+            server.stop()
+
+            for response in (
+                http.post("/v1/pipelines/echo/jobs", json={"input": 2}),
+                http.post("/v1/pipelines/echo", json={"input": 2}),
+                http.get(job["url"]),
+                http.delete(job["url"]),
+                http.get("/v1/pipelines"),
+                http.get("/readyz"),
+            ):
+                error(response, 503, "broker_unavailable")
+                assert int(response.headers["retry-after"]) >= 1
+            assert http.get("/healthz").status_code == 200
+            assert http.get("/metrics").status_code == 200
+            assert "batchline_broker_up 0.0" in http.get("/metrics").text
+
+            server.start()
+            assert http.get("/readyz").status_code == 200
+            assert http.get(job["url"]).json()["status"] == "queued"
+            assert http.post("/v1/pipelines/echo/jobs", json={"input": 3}).status_code == 202
+    finally:
+        server.stop()
+
+
+def test_a_gateway_started_without_redis_answers_503(
+    api_settings: Settings,
+    start_gateway: Callable[[Settings], LiveGateway],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(api.gateway, "SUBSCRIBE_TIMEOUT_S", 0.2)
+    settings = api_settings.replace(redis_url=f"unix://{tmp_path}/nothing.sock")
+    with start_gateway(settings).client() as http:
+        error(http.post("/v1/pipelines/echo/jobs", json={"input": 1}), 503, "broker_unavailable")
+        error(http.get("/v1/jobs/0-" + "0" * 32), 503, "broker_unavailable")
+        error(http.get("/readyz"), 503, "broker_unavailable")
+        assert http.get("/healthz").json() == {"status": "ok"}
+
+
+def test_readyz_wants_registered_pipelines(
+    api_settings: Settings, start_gateway: Callable[[Settings], LiveGateway]
+) -> None:
+    with start_gateway(api_settings).client() as http:
+        response = http.get("/readyz")
+        doc = error(response, 503, "not_ready")
+        assert "batchline register" in doc["message"]
+        assert "retry-after" in response.headers
+
+
+def test_a_deployment_problem_is_a_500_without_a_traceback(
+    http: httpx.Client, redis_client: redis.Redis
+) -> None:
+    broken = PipelineSpec("broken", (StageSpec("broken.run"),), input_schema={"type": 12})
+    redis_client.hset(Keys().registry, "broken", broken.encode())
+    response = http.post("/v1/pipelines/broken/jobs", json={"input": 1})
+    doc = error(response, 500, "internal")
+    assert "invalid input schema" in doc["message"]
+    assert "Traceback" not in response.text
+    assert http.get("/v1/pipelines/broken").json()["backlog"] == 0  # nothing was queued
+
+
+def test_a_wrong_method_is_405(http: httpx.Client) -> None:
+    error(http.delete("/v1/pipelines"), 405, "method_not_allowed")

@@ -1,0 +1,158 @@
+"""The process model: the Procfile, `honcho start -c worker=2`, and `batchline up`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from queueing.settings import Settings
+from tests.api.conftest import LiveGateway
+from tests.api.test_pipelines import live_workers
+from tests.conftest import ROOT, worker_env
+
+HONCHO = [sys.executable, "-m", "honcho"]
+
+
+def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
+    """Signal ``process``'s group (as a terminal does) and wait for it; kill the group if it
+    does not stop."""
+    os.killpg(process.pid, sig)
+    try:
+        return process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise
+
+
+def test_the_procfile_is_valid_and_up_to_date() -> None:
+    result = subprocess.run(
+        [*HONCHO, "-f", str(ROOT / "Procfile"), "check"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert "web, worker" in result.stderr
+    env = {**os.environ, "BATCHLINE_PIPELINES": "pipelines.examples", "PYTHONPATH": str(ROOT)}
+    generated = subprocess.run(
+        [sys.executable, "-m", "batchline", "procfile"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
+    assert (ROOT / "Procfile").read_text() == generated, "run `batchline procfile > Procfile`"
+
+
+def test_honcho_scales_workers_that_all_consume(
+    api_settings: Settings,
+    register: Callable[[Settings], None],
+    start_gateway: Callable[[Settings], LiveGateway],
+    tmp_path: Path,
+) -> None:
+    procfile = tmp_path / "Procfile"
+    procfile.write_text(f"worker: {sys.executable} -m batchline worker whoami\n")
+    register(api_settings)
+    log = tmp_path / "honcho.log"
+    with log.open("wb") as out:
+        honcho = subprocess.Popen(
+            [*HONCHO, "-f", str(procfile), "-d", str(ROOT), "start", "-c", "worker=2"],
+            env=worker_env(api_settings),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        with start_gateway(api_settings).client() as http:
+            replicas = live_workers(http, "whoami", 2)
+            assert len(replicas) == 2
+            pids = {info["pid"] for info in replicas.values()}
+            jobs = http.post("/v1/pipelines/whoami/jobs", json={"inputs": list(range(40))}).json()
+            served = {http.get(job["url"], params={"wait": 30}).json()["result"] for job in jobs}
+        assert served == pids  # both replicas did work
+    finally:
+        stop(honcho)
+    output = log.read_text()
+    assert "worker.1" in output
+    assert "worker.2" in output
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_batchline_up_runs_everything_and_one_ctrl_c_stops_it(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "BATCHLINE_REDIS_URL")}
+    env.update(
+        {
+            "BATCHLINE_DATA_DIR": str(tmp_path / "data"),
+            "BATCHLINE_PIPELINES": "pipelines.examples",
+            "PYTHONPATH": str(ROOT),
+        }
+    )
+    log = tmp_path / "up.log"
+    with log.open("wb") as out:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "batchline", "up", "--port", str(port)],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=base, timeout=60) as http:
+            limit = time.monotonic() + 60
+            while True:
+                assert up.poll() is None, "batchline up exited"
+                try:
+                    if http.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < limit, "the gateway never became ready"
+                time.sleep(0.1)
+            echo = http.post("/v1/pipelines/echo", json={"input": {"hello": "world"}}).json()
+            assert echo["result"] == {"hello": "world"}
+            mlp = http.post("/v1/pipelines/mlp", json={"input": [0.5] * 16}).json()
+            assert mlp["status"] == "done"
+            workers = {
+                **live_workers(http, "echo", 1),
+                **live_workers(http, "mlp", 1),
+            }
+            assert sorted(stage for info in workers.values() for stage in info["stages"]) == [
+                "echo.echo",
+                "mlp.classify",
+            ]
+    finally:
+        code = stop(up, signal.SIGINT)  # what one Ctrl-C sends
+    output = log.read_text()
+    assert code == 0, output
+    for prefix in ("web ", "echo.echo ", "mlp.classify ", "redis ", "up "):
+        assert any(line.startswith(prefix) for line in output.splitlines()), prefix
+    assert "stopped after" in output  # workers finished cleanly
+    for info in workers.values():
+        try:
+            os.kill(info["pid"], 0)
+        except ProcessLookupError:
+            pass
+        else:
+            raise AssertionError(f"worker {info['pid']} is still running")
+    with httpx.Client(base_url=base) as http:
+        try:
+            http.get("/healthz")
+        except httpx.ConnectError:
+            pass
+        else:
+            raise AssertionError("the gateway is still running")
