@@ -12,12 +12,17 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
 
+from queueing.client import Client
 from queueing.server import EmbeddedServer
 from queueing.settings import Settings
+
+if TYPE_CHECKING:
+    from tests.support import Workers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,3 +89,21 @@ def start_worker(
     if name:
         command += ["--name", name]
     return subprocess.Popen(command, env=worker_env(settings, **env), cwd=ROOT)
+
+
+@pytest.fixture
+def workers(settings: Settings) -> Iterator[Workers]:
+    """Real worker processes, killed if still running when the test ends."""
+    from tests.support import Workers
+
+    pool = Workers(settings)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[Client]:
+    with Client(settings) as c:
+        yield c

@@ -1,73 +1,34 @@
-"""Helpers of the composition tests: registering pipelines, bounded waits, what happened."""
+"""Helpers of the composition tests: the shared ones (tests.support) and what the test
+pipelines record."""
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import subprocess
-import time
-from collections.abc import Callable, Iterable, Sequence
-
 import redis
 
-from pipelines.dsl import Pipeline
-from queueing.client import Job
-from queueing.connection import connect_async
-from queueing.errors import JobError, ResultTimeout
-from queueing.jobs import JobRecord
-from queueing.keys import Keys
-from queueing.settings import Settings
 from tests.composition.pipelines import SEEN
-from workers.worker import publish
+from tests.support import (
+    KEYS,
+    assert_drained,
+    backlog,
+    register,
+    stat,
+    wait_exit,
+    wait_finished,
+    wait_until,
+)
 
-KEYS = Keys()
-
-
-def register(settings: Settings, *pipelines: Pipeline) -> None:
-    """Publish the pipelines' specs and create their groups, as a worker does at start-up, so
-    that jobs can be submitted before any worker runs."""
-
-    async def go() -> None:
-        client = connect_async(settings)
-        try:
-            await publish(client, settings, [p.compile() for p in pipelines])
-        finally:
-            await client.aclose()
-
-    asyncio.run(go())
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    """Poll ``predicate`` until it is true; fail saying ``what`` after ``timeout`` seconds."""
-    limit = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > limit:
-            raise AssertionError(f"after {timeout:g}s: {what}")
-        time.sleep(0.02)
-
-
-def wait_finished(jobs: Sequence[Job], timeout: float) -> list[JobRecord]:
-    """Wait (at most ``timeout`` seconds in all) until every job has ended; their records."""
-    limit = time.monotonic() + timeout
-    for job in jobs:
-        try:
-            job.result(timeout=max(0.01, limit - time.monotonic()))
-        except ResultTimeout:
-            states = collections.Counter(str(j.status()) for j in jobs)
-            raise AssertionError(
-                f"after {timeout:g}s not every job has ended: {dict(states)}"
-            ) from None
-        except JobError:
-            pass
-    return [job.info() for job in jobs]
-
-
-def wait_exit(process: subprocess.Popen[bytes], timeout: float, what: str) -> int:
-    """The exit status of ``process``; fail if it still runs after ``timeout`` seconds."""
-    try:
-        return process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        raise AssertionError(f"{what} (pid {process.pid}) still runs after {timeout:g}s") from None
+__all__ = [
+    "KEYS",
+    "assert_drained",
+    "backlog",
+    "register",
+    "seen",
+    "stat",
+    "wait_exit",
+    "wait_finished",
+    "wait_ready",
+    "wait_until",
+]
 
 
 def wait_ready(r: redis.Redis, name: str, timeout: float) -> None:
@@ -82,23 +43,3 @@ def wait_ready(r: redis.Redis, name: str, timeout: float) -> None:
 def seen(r: redis.Redis, stage: str) -> list[int]:
     """Every ``x`` a handler of ``stage`` received, in order (repeats included)."""
     return [int(x) for x in r.lrange(SEEN + stage, 0, -1)]
-
-
-def stat(r: redis.Redis, stage: str, what: str) -> int:
-    """A stage's counter (``done``, ``next``, ``join``, ``failed``, ``skip``, ``redelivered``...)."""
-    return int(r.hget(KEYS.stats(0), f"{stage}:{what}") or 0)
-
-
-def backlog(r: redis.Redis, stage: str) -> tuple[int, int]:
-    """(entries in the stage's stream, entries pending in its group)."""
-    stream = KEYS.stream(0, stage)
-    if not r.exists(stream):
-        return 0, 0
-    return int(r.xlen(stream)), int(r.xpending(stream, stage)["pending"])
-
-
-def assert_drained(r: redis.Redis, stages: Iterable[str]) -> None:
-    """Streams hold only what is queued or in flight: nothing, once every job has ended."""
-    for stage in stages:
-        assert backlog(r, stage) == (0, 0), f"stage {stage}: (XLEN, pending) after the run"
-        assert r.hlen(KEYS.entries(0, stage)) == 0, f"stage {stage}: entries left in its index"

@@ -12,7 +12,6 @@ from queueing.client import Client
 from queueing.errors import JobCancelled, JobExpired
 from queueing.jobs import JobStatus
 from queueing.settings import Settings
-from tests.composition.conftest import Workers
 from tests.composition.helpers import (
     assert_drained,
     backlog,
@@ -24,6 +23,7 @@ from tests.composition.helpers import (
     wait_until,
 )
 from tests.composition.pipelines import c_hop
+from tests.support import Workers
 
 FIRST, SECOND = "c_hop.first", "c_hop.second"
 

@@ -11,7 +11,6 @@ import redis
 from queueing.client import Client
 from queueing.jobs import JobStatus
 from queueing.settings import Settings
-from tests.composition.conftest import Workers
 from tests.composition.helpers import (
     assert_drained,
     register,
@@ -21,6 +20,7 @@ from tests.composition.helpers import (
     wait_until,
 )
 from tests.composition.pipelines import c_kill
+from tests.support import Workers
 
 STAGES = ["c_kill.head", "c_kill.middle", "c_kill.tail"]
 HEAD, MIDDLE, TAIL = STAGES

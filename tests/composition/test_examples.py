@@ -18,8 +18,8 @@ from pipelines.examples.mlp import FEATURES, build_mlp
 from queueing.client import Client
 from queueing.jobs import JobStatus
 from queueing.settings import Settings
-from tests.composition.conftest import Workers
 from tests.composition.helpers import assert_drained, register, wait_finished
+from tests.support import Workers
 
 # Torch workers take a few seconds to start on a small machine.
 WAIT_S = 60

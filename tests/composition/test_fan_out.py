@@ -13,7 +13,6 @@ import redis
 from queueing.client import Client
 from queueing.jobs import JobStatus
 from queueing.settings import Settings
-from tests.composition.conftest import Workers
 from tests.composition.helpers import (
     KEYS,
     assert_drained,
@@ -24,6 +23,7 @@ from tests.composition.helpers import (
     wait_until,
 )
 from tests.composition.pipelines import JOINED, c_fan
+from tests.support import Workers
 
 SPLIT, BRANCH_A, BRANCH_B, JOIN = "c_fan.split", "c_fan.branch_a", "c_fan.branch_b", "c_fan.join"
 STAGES = [SPLIT, BRANCH_A, BRANCH_B, JOIN]

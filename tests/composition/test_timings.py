@@ -11,7 +11,6 @@ import redis
 from queueing.client import Client
 from queueing.jobs import JobStatus, StageTiming
 from queueing.settings import Settings
-from tests.composition.conftest import Workers
 from tests.composition.helpers import (
     assert_drained,
     backlog,
@@ -21,6 +20,7 @@ from tests.composition.helpers import (
     wait_until,
 )
 from tests.composition.pipelines import ONE_SLEEP_S, c_timed
+from tests.support import Workers
 
 STAGES = ["c_timed.one", "c_timed.two", "c_timed.three"]
 ONE, TWO, THREE = STAGES

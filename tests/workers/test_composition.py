@@ -10,7 +10,7 @@ from queueing.client import Client
 from queueing.errors import JobExpired, JobFailed
 from queueing.settings import Settings
 from tests.pipelines import t_chain, t_route
-from tests.workers.conftest import Workers
+from tests.support import Workers
 from tests.workers.support import assert_drained, register, seen, wait_finished
 
 CHAIN = ["t_chain.first", "t_chain.second"]

@@ -11,7 +11,7 @@ from queueing.client import Client
 from queueing.jobs import JobStatus
 from queueing.settings import Settings
 from tests.pipelines import t_batch, t_chain
-from tests.workers.conftest import Workers
+from tests.support import Workers
 from tests.workers.support import (
     KEYS,
     assert_drained,

@@ -15,7 +15,7 @@ from queueing.jobs import JobStatus
 from queueing.keys import new_job_id
 from queueing.settings import Settings
 from tests.pipelines import t_batch, t_contract
-from tests.workers.conftest import Workers
+from tests.support import Workers
 from tests.workers.support import (
     KEYS,
     assert_drained,

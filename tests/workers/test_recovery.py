@@ -17,7 +17,7 @@ from queueing.errors import JobFailed
 from queueing.jobs import JobRecord, JobStatus
 from queueing.settings import Settings
 from tests.pipelines import t_batch, t_single
-from tests.workers.conftest import Workers
+from tests.support import Workers
 from tests.workers.support import (
     KEYS,
     assert_drained,
