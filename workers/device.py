@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import sys
 
 from queueing.errors import ConfigError
 
@@ -27,15 +29,17 @@ def resolve_device(setting: str = "auto") -> str:
     raise ConfigError(f"BATCHLINE_DEVICE={setting!r}: use auto, cpu, cuda or cuda:<index>")
 
 
-def configure_torch(threads: int) -> int:
-    """Set torch's intra-op thread count (0: half the cores, at least one); returns it.
+def torch_threads(setting: int) -> int:
+    """torch's intra-op threads for a worker: the setting, or (0) half the cores, at least one.
 
     torch's default (every core) makes a worker's small batches compete with the worker's own
     I/O thread and with Redis: measured 30-50x slower per batch on a 2-core machine."""
-    import os
+    return setting or max(1, (os.cpu_count() or 2) // 2)
 
-    import torch
 
-    count = threads or max(1, (os.cpu_count() or 2) // 2)
-    torch.set_num_threads(count)
-    return count
+def limit_torch_threads(count: int) -> None:
+    """Apply ``count`` in the calling thread, if torch is loaded: OpenMP keeps the limit per
+    thread, so each thread that runs a model must set it (the model thread's initializer)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(count)

@@ -26,6 +26,7 @@ from queueing.message import Message, dumps, job_id_of
 from queueing.settings import Settings
 from queueing.streams import Delivery, Outcome, StageQueue
 from workers.batching import BatchContractError, BatchedHandler
+from workers.device import limit_torch_threads, torch_threads
 from workers.stage import Route, Stage
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,12 @@ class StageLoop:
         self.held: dict[str, Delivery] = {}
         """Entries read and not yet finished: touched on every heartbeat."""
         self._inbox: asyncio.Queue[list[Delivery] | None] = asyncio.Queue(maxsize=1)
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"model-{stage.name}")
+        self._executor = ThreadPoolExecutor(
+            1,
+            thread_name_prefix=f"model-{stage.name}",
+            initializer=limit_torch_threads,
+            initargs=(torch_threads(settings.torch_threads),),
+        )
         self.processed = 0
         self.upstream: list[StageLoop] = []
         """Loops in this process that hand items to this one: in burst mode this one drains

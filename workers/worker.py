@@ -22,7 +22,7 @@ from queueing.connection import connect_async
 from queueing.keys import Keys
 from queueing.settings import Settings
 from queueing.streams import StageQueue, consumer_name, heartbeat, retire
-from workers.device import configure_torch, resolve_device
+from workers.device import limit_torch_threads, resolve_device, torch_threads
 from workers.loop import StageLoop
 from workers.stage import Stage, Topology
 
@@ -78,7 +78,7 @@ class Worker:
             needs_device = any(stage.needs_device for stage in self.stages)
             device = resolve_device(self.settings.device) if needs_device else "cpu"
             if needs_device:
-                configure_torch(self.settings.torch_threads)
+                limit_torch_threads(torch_threads(self.settings.torch_threads))
             for stage in self.stages:
                 handler = await asyncio.to_thread(stage.load, device)
                 queue = StageQueue(client, self.settings, stage.name, self.consumer)
