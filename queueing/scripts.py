@@ -151,7 +151,7 @@ local out = {}
 local tally = {done = 0, failed = 0, expired = 0, next = 0, join = 0, skip = 0, dead = 0, fenced = 0}
 
 -- XADD an entry for the next stage and index it; fields as given (the data one replaced if set)
-local function hand_to(job, job_id, target_stream, target_entries, target_stage, first, last, data)
+local function hand_to(job_id, target_stream, target_entries, first, last, data)
   local fields = {unpack(ARGV, first, last)}
   if data then
     for f = 1, #fields, 2 do
@@ -160,8 +160,17 @@ local function hand_to(job, job_id, target_stream, target_entries, target_stage,
   end
   local id = redis.call('XADD', target_stream, '*', unpack(fields))
   redis.call('HSET', target_entries, id, job_id)
-  redis.call('HSET', job, 'stage', target_stage)
 end
+
+-- The job's current stage and this stage's timing, in one write
+local function moved(job, to, timing)
+  if timing ~= '' then
+    redis.call('HSET', job, 'stage', to, 't:' .. stage, timing)
+  else
+    redis.call('HSET', job, 'stage', to)
+  end
+end
+
 local i = 7
 while i <= #ARGV do
   local entry, job_id, outcome, value, timing = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
@@ -190,11 +199,12 @@ while i <= #ARGV do
     if state and LIVE[state[1]] then
       local reply = state[2]
       if outcome == 'next' then
-        if timing ~= '' then redis.call('HSET', job, 't:' .. stage, timing) end
         local j = targets_at
         for _ = 1, n_targets do
           local n = tonumber(ARGV[j])
-          hand_to(job, job_id, ARGV[j + 1], ARGV[j + 2], ARGV[j + 3], j + 4, j + n, nil)
+          hand_to(job_id, ARGV[j + 1], ARGV[j + 2], j + 4, j + n, nil)
+          moved(job, ARGV[j + 3], timing)
+          timing = ''
           j = j + 1 + n
         end
       elseif outcome == 'join' then
@@ -212,8 +222,8 @@ while i <= #ARGV do
             doc[#doc + 1] = '"' .. parts[p] .. '":' .. parts[p + 1]
           end
           redis.call('DEL', join)
-          hand_to(job, job_id, ARGV[j + 2], ARGV[j + 3], ARGV[j + 4], j + 7, j + n,
-            '{' .. table.concat(doc, ',') .. '}')
+          hand_to(job_id, ARGV[j + 2], ARGV[j + 3], j + 7, j + n, '{' .. table.concat(doc, ',') .. '}')
+          redis.call('HSET', job, 'stage', ARGV[j + 4])
         end
       elseif outcome == 'done' then
         end_job(job, job_id, 'done', 'result', value, now, ttl, stage, timing, reply)
