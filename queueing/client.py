@@ -9,6 +9,9 @@ the record.
     >>> job = client.submit("echo", {"x": 1})
     >>> job.result(timeout=5)
     {'x': 1}
+
+A numpy array (or a torch tensor) is sent as a raw tensor rather than as JSON lists, and a
+tensor the pipeline returns comes back as a numpy array (see :mod:`queueing.message`).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from queueing.errors import (
 )
 from queueing.jobs import JobRecord, JobStatus
 from queueing.keys import Keys, is_job_id, new_job_id
-from queueing.message import Message, dumps
+from queueing.message import Message, decode_result, encode_payload
 from queueing.registry import PipelineSpec, lookup, parse_registry
 from queueing.scripts import CANCEL, SUBMIT, WATCH
 from queueing.settings import Settings
@@ -117,7 +120,7 @@ class _Core:
         shared = self.partition_for(spec.name, None)
         batches: dict[int, _SubmitBatch] = {}
         for index, (value, idem) in enumerate(zip(values, keys, strict=True)):
-            data = dumps(value)
+            fmt, data = encode_payload(value)
             partition = shared if idem is None else self.partition_for(spec.name, idem)
             batch = batches.get(partition)
             if batch is None:
@@ -137,7 +140,7 @@ class _Core:
                     ],
                 )
             job_id = new_job_id(partition)
-            fields = Message(job_id, data, now, deadline).encode()
+            fields = Message(job_id, data, now, deadline, fmt).encode()
             batch.args += [
                 job_id,
                 repr(deadline) if deadline is not None else "",
@@ -259,7 +262,11 @@ class Job:
 
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the job's result: JobFailed / JobExpired / JobCancelled if it has none,
-        ResultTimeout if ``timeout`` seconds pass first (the job goes on)."""
+        ResultTimeout if ``timeout`` seconds pass first (the job goes on). A tensor result is
+        a numpy array."""
+        return decode_result(self._result(timeout))
+
+    def _result(self, timeout: float | None) -> Any:
         listener = self.client.listener()
         waiter = listener.register(self.id)
         try:
@@ -317,8 +324,8 @@ class AsyncJob:
         """Wait for the job's result; see :meth:`Job.result`."""
         waiter = await self._wait(timeout, need_record=False)
         if waiter.notice is not None:
-            return waiter.notice.outcome()
-        return (await self.info()).outcome()
+            return decode_result(waiter.notice.outcome())
+        return decode_result((await self.info()).outcome())
 
     async def wait(self, timeout: float | None = None) -> JobRecord:
         """Wait until the job has finished and return its record (ResultTimeout if not)."""
@@ -461,10 +468,13 @@ class Client:
             owner=owner,
         )
         with broker_errors():
-            pipe = self.redis.pipeline(transaction=False)
-            for batch in batches:
-                self._submit(keys=batch.keys, args=batch.args, client=pipe)
-            replies = pipe.execute(raise_on_error=False)
+            if len(batches) == 1:  # the usual case: no pipeline, no SCRIPT EXISTS before it
+                replies = [self._submit(keys=batches[0].keys, args=batches[0].args)]
+            else:
+                pipe = self.redis.pipeline(transaction=False)
+                for batch in batches:
+                    self._submit(keys=batch.keys, args=batch.args, client=pipe)
+                replies = pipe.execute(raise_on_error=False)
             self._wait_for_aof()
         ids = self.core.submit_replies(batches, replies, count)
         jobs = [Job(self, job_id, watched=created) for job_id, created in ids]
@@ -526,7 +536,7 @@ class Client:
                 try:
                     if waiter.notice is None:
                         waiter.event.wait(self.core.settings.visibility_timeout_s)
-                    yield waiter.notice.outcome() if waiter.notice else job.result()
+                    yield decode_result(waiter.notice.outcome()) if waiter.notice else job.result()
                 finally:
                     listener.unregister(waiter)
                 bar.step()
@@ -625,10 +635,13 @@ class AsyncClient:
             owner=owner,
         )
         with broker_errors():
-            pipe = self.redis.pipeline(transaction=False)
-            for batch in batches:
-                await self._submit(keys=batch.keys, args=batch.args, client=pipe)
-            replies = await pipe.execute(raise_on_error=False)
+            if len(batches) == 1:  # the usual case: no pipeline, no SCRIPT EXISTS before it
+                replies = [await self._submit(keys=batches[0].keys, args=batches[0].args)]
+            else:
+                pipe = self.redis.pipeline(transaction=False)
+                for batch in batches:
+                    await self._submit(keys=batch.keys, args=batch.args, client=pipe)
+                replies = await pipe.execute(raise_on_error=False)
             await self._wait_for_aof()
         ids = self.core.submit_replies(batches, replies, count)
         jobs = [AsyncJob(self, job_id, watched=created) for job_id, created in ids]

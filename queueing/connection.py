@@ -45,17 +45,25 @@ def connect(settings: Settings, **options: Any) -> redis.Redis:
         ) from exc
 
 
+ASYNC_POOL_SIZE = 64
+"""Connections one asyncio client opens at most (more callers wait for one)."""
+
+
 def connect_async(settings: Settings, **options: Any) -> redis.asyncio.Redis:
     """An asyncio client (connection pool) for ``settings.redis_url``."""
     options = _timeouts(settings, options)
+    # Past its size, redis-py's default pool raises "Too many connections"; a blocking pool
+    # makes a burst of requests (a gateway at high concurrency) wait for a connection instead.
+    options.setdefault("max_connections", ASYNC_POOL_SIZE)
+    options.setdefault("timeout", settings.block_ms / 1000 + 10)
     try:
-        client = redis.asyncio.Redis.from_url(_url(settings), **options)
+        pool = redis.asyncio.BlockingConnectionPool.from_url(_url(settings), **options)
     except ValueError as exc:
         raise ConfigError(
             f"REDIS_URL={settings.redis_url!r} is not a valid Redis URL: {exc}"
         ) from exc
-    _pack_with_hiredis(client.connection_pool)
-    return client
+    _pack_with_hiredis(pool)
+    return redis.asyncio.Redis.from_pool(pool)  # owns the pool: aclose() closes it
 
 
 def _pack_with_hiredis(pool: redis.asyncio.ConnectionPool) -> None:
