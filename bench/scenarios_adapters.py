@@ -34,8 +34,8 @@ from typing import Any
 
 from bench.harness import Context
 from bench.registry import Derived, Goal, scenario
-from bench.scenarios_queue import _repeat, run_client_scenario
-from bench.stats import Latency, Result
+from bench.scenarios_queue import _repeat, inprocess_result, run_client_scenario
+from bench.stats import Result
 from bench.workloads import Workload
 from queueing.message import JSON, decode_tensor, dumps, encode_payload, loads
 
@@ -235,25 +235,22 @@ def run_inprocess(ctx: Context, model: Model) -> Result:
             items, seconds, timed, robust = _repeat(ctx, sizes, one_batch)
             handler_items, handler_s, _, _ = _repeat(ctx, sizes, handler_only)
             idle = [one_batch(i, 1) for i in range(100)]
-    return Result(
+    return inprocess_result(
         name,
         items,
         seconds,
-        latency=Latency.of_weighted_seconds(timed, "its batch's decode + handler + encode time"),
-        idle_latency=Latency.of_seconds(idle, "a batch of one"),
-        extra={
-            "device": device,
-            "batch_sizes": origin,
-            "batches_per_pass": len(sizes),
-            "mean_batch_size": sum(sizes) / len(sizes),
-            "torch_threads": threads,
-            "items_per_s_at_median_batch_cost": robust,
-            "handler_items_per_s": handler_items / handler_s,
-            "decode_us_per_item": decode_us,
-            "client_encode_us_per_item": encode_us,
-            "payload_bytes": sum(len(data) for _, data in payloads) / len(payloads),
-            "payload_format": payloads[0][0],
-        },
+        timed,
+        idle,
+        device,
+        origin,
+        sizes,
+        threads,
+        robust,
+        handler_items_per_s=handler_items / handler_s,
+        decode_us_per_item=decode_us,
+        client_encode_us_per_item=encode_us,
+        payload_bytes=sum(len(data) for _, data in payloads) / len(payloads),
+        payload_format=payloads[0][0],
     )
 
 

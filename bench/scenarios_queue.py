@@ -369,8 +369,27 @@ def mlp_inprocess(ctx: Context) -> Result:
             one_batch(0, sizes[0])
         items, seconds, timed, robust = _repeat(ctx, sizes, one_batch)
         idle = [one_batch(i, 1) for i in range(200)]
+    return inprocess_result(
+        "mlp-inprocess", items, seconds, timed, idle, device, origin, sizes, threads, robust
+    )
+
+
+def inprocess_result(
+    name: str,
+    items: int,
+    seconds: float,
+    timed: Any,
+    idle: Sequence[float],
+    device: str,
+    origin: Any,
+    sizes: Sequence[int],
+    threads: Any,
+    robust: float,
+    **extra: Any,
+) -> Result:
+    """The Result of an in-process scenario replaying a worker's batch sizes."""
     return Result(
-        "mlp-inprocess",
+        name,
         items,
         seconds,
         latency=Latency.of_weighted_seconds(timed, "its batch's decode + handler + encode time"),
@@ -382,6 +401,7 @@ def mlp_inprocess(ctx: Context) -> Result:
             "mean_batch_size": sum(sizes) / len(sizes),
             "torch_threads": threads,
             "items_per_s_at_median_batch_cost": robust,
+            **extra,
         },
     )
 
