@@ -13,6 +13,7 @@ import contextlib
 import logging
 import sys
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -84,6 +85,7 @@ class StageLoop:
         only after they are done."""
         self.done = asyncio.Event()
         self._stop = asyncio.Event()
+        self._recovered: deque[Delivery] = deque()
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -121,8 +123,10 @@ class StageLoop:
         """Fill the inbox: first this consumer's own pending entries (a restart under the
         same name), then new ones, in batches."""
         try:
-            await self._put_alone(await self.queue.read(OWN_PENDING_LIMIT, None, own_pending=True))
+            self._recover(await self.queue.read(OWN_PENDING_LIMIT, None, own_pending=True))
             while not stop.is_set():
+                while self._recovered:
+                    await self._put([self._recovered.popleft()])
                 # Snapshot first: whatever upstream handed on before it finished is readable now.
                 upstream_done = all(loop.done.is_set() for loop in self.upstream)
                 deliveries = await self._persist("read", self.read_batch)
@@ -131,7 +135,7 @@ class StageLoop:
                 elif self.burst:
                     claimed, _ = await self.queue.claim(self.config.max_batch_size)
                     if claimed:
-                        await self._put_alone(claimed)
+                        self._recover(claimed)
                     elif upstream_done:
                         break
         except _Abandon:
@@ -139,12 +143,14 @@ class StageLoop:
         finally:
             await self._inbox.put(None)
 
-    async def _put_alone(self, deliveries: list[Delivery]) -> None:
-        """Recovered entries (a dead consumer's, or our own from a previous life) run one per
-        batch: one of them may be what crashed it, and a crash must count against that entry
-        alone, not against every item that shared its batch."""
+    def _recover(self, deliveries: list[Delivery]) -> None:
+        """Queue recovered entries (a dead consumer's, or our own from a previous life) for
+        the read loop, which runs them one per batch: one of them may be what crashed it, and a
+        crash must count against that entry alone, not against every item of its batch. They
+        are held (touched by heartbeats) from now on."""
         for delivery in deliveries:
-            await self._put([delivery])
+            self.held[delivery.entry_id] = delivery
+        self._recovered.extend(deliveries)
 
     async def _put(self, deliveries: list[Delivery]) -> None:
         for delivery in deliveries:
@@ -352,7 +358,7 @@ class StageLoop:
         """Keep this consumer's entries its own, and take over those of dead consumers."""
         if self.held:
             await self.queue.touch(list(self.held.values()))
-        if self._inbox.empty():
+        if self._inbox.empty() and not self._recovered:
             claimed, dead = await self.queue.claim(self.config.max_batch_size)
             if dead:
                 log.warning("stage %s: dead-lettered %d entries", self.stage.name, dead)
@@ -360,7 +366,7 @@ class StageLoop:
                 log.info(
                     "stage %s: claimed %d entries of a dead consumer", self.stage.name, len(claimed)
                 )
-                await self._put_alone(claimed)
+                self._recover(claimed)
 
 
 def _call_sync(handler: BatchedHandler[Any], values: list[Any]) -> list[Any]:
