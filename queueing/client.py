@@ -41,7 +41,7 @@ from queueing.errors import (
     ResultTimeout,
     UnknownJob,
 )
-from queueing.jobs import JobRecord, JobStatus
+from queueing.jobs import JobRecord, JobStatus, Notice
 from queueing.keys import Keys, is_job_id, new_job_id
 from queueing.message import Message, decode_result, encode_payload
 from queueing.registry import PipelineSpec, lookup, parse_registry
@@ -322,18 +322,17 @@ class AsyncJob:
 
     async def result(self, timeout: float | None = None) -> Any:
         """Wait for the job's result; see :meth:`Job.result`."""
-        waiter = await self._wait(timeout, need_record=False)
-        if waiter.notice is not None:
-            return decode_result(waiter.notice.outcome())
-        return decode_result((await self.info()).outcome())
+        ended = await self._wait(timeout)
+        return decode_result(ended.outcome())
 
     async def wait(self, timeout: float | None = None) -> JobRecord:
         """Wait until the job has finished and return its record (ResultTimeout if not)."""
-        await self._wait(timeout, need_record=True)
-        return await self.info()
+        ended = await self._wait(timeout)
+        return ended if isinstance(ended, JobRecord) else await self.info()
 
-    async def _wait(self, timeout: float | None, *, need_record: bool) -> Waiter:
-        """Returns once the job has finished (its notice in hand, or its record says so)."""
+    async def _wait(self, timeout: float | None) -> Notice | JobRecord:
+        """Returns once the job has finished: its wake-up notice, or the finished record read
+        while waiting."""
         listener = await self.client.listener()
         waiter = listener.register(self.id)
         try:
@@ -344,11 +343,11 @@ class AsyncJob:
                 await _wait_event(waiter.event, _remaining(limit))
             while True:
                 if waiter.notice is not None:
-                    return waiter
+                    return waiter.notice
                 waiter.event.clear()  # before the read: a wake-up after it is not lost
                 record = await self.info()
                 if record.status.finished:
-                    return waiter
+                    return record
                 remaining = _remaining(limit)
                 if remaining is not None and remaining <= 0:
                     raise ResultTimeout(self.id, timeout or 0.0)
