@@ -41,7 +41,7 @@ from bench.harness import (
 from bench.registry import SCENARIOS, Scenario, select
 from bench.stats import Result
 
-SCENARIO_MODULES = ("bench.scenarios_queue", "bench.scenarios_compose", "bench.scenarios_rq", "bench.scenarios_adapters", "bench.scenarios_http")  # fmt: skip
+SCENARIO_MODULES = ("bench.scenarios_queue", "bench.scenarios_floor", "bench.scenarios_compose", "bench.scenarios_rq", "bench.scenarios_adapters", "bench.scenarios_http")  # fmt: skip
 """Imported in this order; their scenarios run in the order they are registered."""
 
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -157,6 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if derived:
         print()
         print(derived_table(derived))
+    hops = cpu_table(chosen, results)
+    if hops:
+        print()
+        print(hops)
     report.update(
         {
             "duration_s": time.perf_counter() - started,
@@ -213,6 +217,7 @@ def evaluate_goals(chosen: Sequence[Scenario], results: dict[str, Result]) -> li
                 {
                     "scenario": s.name,
                     "reference": goal.reference,
+                    "label": goal.label,
                     "ratio": ratio,
                     "at_least": goal.at_least,
                     "met": None if goal.at_least is None else bool(ratio >= goal.at_least),
@@ -316,7 +321,8 @@ def goal_table(goals: list[dict[str, Any]]) -> str:
         met = goal["met"]
         rows.append(
             [
-                f"{goal['scenario']} / {goal['reference']}",
+                f"{goal['scenario']} / {goal['reference']}"
+                + (f" ({goal['label']})" if goal.get("label") else ""),
                 f"{goal['ratio']:.2f}",
                 "-" if target is None else f">= {target:g}",
                 "-" if met is None else ("yes" if met else "NO"),
@@ -329,7 +335,10 @@ def derived_table(figures: list[dict[str, Any]]) -> str:
     rows = [["derived figure", "value", "target", "met"]]
     for figure in figures:
         value, unit = figure["value"], figure["unit"]
-        shown = "-" if value is None or math.isnan(value) else f"{value:.3g}"
+        if value is None or math.isnan(value):
+            shown = "-"
+        else:
+            shown = f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
         bounds = [f"<= {figure['at_most']:g}"] if figure["at_most"] is not None else []
         bounds += [f">= {figure['at_least']:g}"] if figure["at_least"] is not None else []
         met = figure["met"]
@@ -342,6 +351,35 @@ def derived_table(figures: list[dict[str, Any]]) -> str:
             ]
         )
     return _rows_to_text(rows, right={1})
+
+
+HOPS = (
+    ("client", ("client",)),
+    ("gateway", ("gateway",)),
+    ("plain app", ("server",)),
+    ("worker", ("worker", "workers")),
+    ("redis", ("redis",)),
+)
+"""Columns of the CPU table: a hop and the ``cpu_us_per_item`` names it shows (the first one
+present; ``workers`` is the sum of several worker processes)."""
+
+
+def cpu_table(chosen: Sequence[Scenario], results: dict[str, Result]) -> str:
+    """CPU microseconds per item in each hop, for every scenario that metered its processes
+    (``cpu_us_per_item`` in its extra); empty when none did."""
+    rows = [["CPU µs per item", *(hop for hop, _ in HOPS), "total"]]
+    for s in chosen:
+        r = results.get(s.name)
+        per_item = r.extra.get("cpu_us_per_item") if r is not None else None
+        if not per_item:
+            continue
+        cells, total = [], 0.0
+        for _, names in HOPS:
+            value = next((per_item[n] for n in names if n in per_item), None)
+            cells.append("-" if value is None else f"{value:,.1f}")
+            total += value or 0.0
+        rows.append([s.name, *cells, f"{total:,.1f}"])
+    return _rows_to_text(rows, right=set(range(1, len(HOPS) + 2))) if len(rows) > 1 else ""
 
 
 if __name__ == "__main__":

@@ -302,11 +302,14 @@ class Context:
         return int(torch.get_num_threads())
 
     def cpu_meter(self, **pids: int) -> CpuMeter:
-        """CPU time of this process (``client``), the server (``redis``) and ``pids`` from now."""
-        known = {"client": os.getpid(), **pids}
+        """CPU time of this process (``client``), the server (``redis``) and ``pids`` from now.
+        Each of ``pids`` (and the server) is metered with its whole process tree (the uvicorn
+        workers of ``batchline web --workers N``, say); ``client`` alone, since the bench's
+        children are the other processes (a load generator it has waited for is included)."""
+        trees = dict(pids)
         if self.server_pid is not None:
-            known["redis"] = self.server_pid
-        return CpuMeter(known)
+            trees["redis"] = self.server_pid
+        return CpuMeter({"client": os.getpid()}, trees)
 
     def count(self, full: int, quick: int) -> int:
         """A scenario's item count: ``full`` or ``quick``, times ``--scale``."""
@@ -446,17 +449,54 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
-class CpuMeter:
-    """Where the CPU went during a pass: seconds per named process (Linux /proc)."""
+def descendants(pid: int) -> list[int]:
+    """The live processes below ``pid`` (children, their children, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text(encoding="ascii", errors="replace")
+            parent = int(stat[stat.rfind(")") + 2 :].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    found: list[int] = []
+    todo = list(children.get(pid, ()))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo.extend(children.get(child, ()))
+    return found
 
-    def __init__(self, pids: Mapping[str, int]) -> None:
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    """:func:`cpu_seconds` of ``pid`` plus that of every live process below it (a child that
+    ended and was waited for is in its parent's figure); None if ``pid`` is unknown."""
+    own = cpu_seconds(pid)
+    if own is None:
+        return None
+    return own + sum(cpu_seconds(child) or 0.0 for child in descendants(pid))
+
+
+class CpuMeter:
+    """Where the CPU went during a pass: seconds per named process (Linux /proc); ``trees``
+    are metered with every process below them."""
+
+    def __init__(self, pids: Mapping[str, int], trees: Mapping[str, int] | None = None) -> None:
         self.pids = dict(pids)
-        self.start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self.trees = dict(trees or {})
+        self.start = self._now()
+
+    def _now(self) -> dict[str, float | None]:
+        now = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        now.update({name: tree_cpu_seconds(pid) for name, pid in self.trees.items()})
+        return now
 
     def read(self) -> dict[str, float]:
         used: dict[str, float] = {}
-        for name, pid in self.pids.items():
-            before, now = self.start[name], cpu_seconds(pid)
+        for name, now in self._now().items():
+            before = self.start[name]
             if before is not None and now is not None:
                 used[name] = round(now - before, 3)
         return used

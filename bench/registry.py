@@ -42,6 +42,8 @@ class Goal:
 
     reference: str
     at_least: float | None = None
+    label: str = ""
+    """Shown beside the goal (``long-run``: a second, later target on the same ratio)."""
 
 
 @dataclass(frozen=True)

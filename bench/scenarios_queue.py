@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from bench.harness import BenchError, Context, watching
-from bench.registry import Goal, scenario
+from bench.registry import Derived, Goal, scenario
 from bench.stats import Latency, Result, histogram
 from bench.workloads import ECHO, MLP, Workload
 from queueing.client import Client
@@ -201,7 +201,7 @@ def run_client_scenario(
             )
             loaded = [r for r in job_records(client) if wall_start <= r.created_at <= wall_end]
             idle_records = job_records(client, idle_ids)
-            stage_names = [s.name for s in client.pipeline(workload.pipeline).stages]
+            stage_specs = client.pipeline(workload.pipeline).stages
     finally:
         for child in children:
             ctx.stop(child)
@@ -222,7 +222,14 @@ def run_client_scenario(
         idle_latency=Latency.of_seconds(idle, "client-side, submit -> job.result(), concurrency 1"),
         extra={
             "pipeline": workload.pipeline,
-            "stages": stage_names,
+            "stages": [s.name for s in stage_specs],
+            "stage_batching": {
+                s.name: {
+                    "max_batch_size": s.max_batch_size,
+                    "batch_wait_timeout_s": s.batch_wait_timeout_s,
+                }
+                for s in stage_specs
+            },
             "workers": len(children),
             "worker_stages": [c.announced.get("stages") for c in children],
             "max_in_flight": ctx.options.max_in_flight,
@@ -263,6 +270,29 @@ def cpu_extra(cpu: dict[str, float], items: int) -> dict[str, Any]:
     }
 
 
+def cpu_per_item(name: str, process: str, label: str, at_most: float | None = None) -> Derived:
+    """A derived figure: CPU microseconds per item of one metered process of ``name`` (None
+    when it was not metered, e.g. Redis given with --redis-url)."""
+    return Derived(
+        label,
+        (name,),
+        lambda r: r[name].extra.get("cpu_us_per_item", {}).get(process),
+        unit="µs",
+        at_most=at_most,
+        formula=f"CPU seconds of {process} (its process tree) during the throughput pass / items",
+    )
+
+
+def c1_p50(name: str, label: str, at_most: float | None = None) -> Derived:
+    """A derived figure: ``name``'s c1 p50 in ms."""
+
+    def compute(results: Mapping[str, Result]) -> float | None:
+        idle = results[name].idle_latency
+        return idle.p50 if idle else None
+
+    return Derived(label, (name,), compute, unit="ms", at_most=at_most, formula=f"c1 p50({name})")
+
+
 def _dict(latency: Latency | None) -> dict[str, Any] | None:
     return latency.to_dict() if latency else None
 
@@ -270,7 +300,11 @@ def _dict(latency: Latency | None) -> dict[str, Any] | None:
 @scenario(
     "echo-client",
     "echo via Client.map, one batchline worker process",
-    goals=[Goal("echo-rq", 10.0), Goal("echo-rq-fork", 10.0)],
+    goals=[Goal("queue-floor", 0.75), Goal("echo-rq", 10.0), Goal("echo-rq-fork", 10.0)],
+    derived=[
+        c1_p50("echo-client", "c1 p50 (echo's batch wait 0)", at_most=0.6),
+        cpu_per_item("echo-client", "redis", "Redis CPU per item", at_most=25),
+    ],
 )
 def echo_client(ctx: Context) -> Result:
     return run_client_scenario(ctx, "echo-client", ECHO, 50_000)
