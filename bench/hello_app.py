@@ -29,16 +29,18 @@ async def hello_post(request: Request) -> dict[str, str]:
     return {"hello": "world"}
 
 
-def main() -> None:
+def serve(app: str, prog: str) -> None:
+    """``uvicorn.run(app)`` as ``batchline web`` runs the gateway, on the command line's
+    ``--host``, ``--port`` and ``--log-level`` (shared by the bench's plain apps)."""
     import uvicorn
 
-    p = argparse.ArgumentParser(prog="python -m bench.hello_app")
+    p = argparse.ArgumentParser(prog=prog)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8001)
     p.add_argument("--log-level", default="warning")
     args = p.parse_args()
     uvicorn.run(
-        "bench.hello_app:app",
+        app,
         host=args.host,
         port=args.port,
         workers=1,
@@ -46,6 +48,10 @@ def main() -> None:
         access_log=True,
         timeout_graceful_shutdown=5,
     )
+
+
+def main() -> None:
+    serve("bench.hello_app:app", "python -m bench.hello_app")
 
 
 if __name__ == "__main__":
