@@ -16,7 +16,10 @@ import time
 from pathlib import Path
 
 import redis
+import redis.backoff
+import redis.retry
 
+from queueing.connection import REDIS_DOWN, is_loading
 from queueing.errors import BatchlineError, ConfigError
 
 
@@ -44,6 +47,26 @@ def find_server_binary(explicit: str | None = None) -> str:
     )
 
 
+def server_answers(socket: str | os.PathLike[str], timeout: float = 2.0) -> bool:
+    """Whether a server process answers on the unix socket ``socket``: one that is still
+    loading its dataset counts (it is there, and owns the socket)."""
+    path = Path(socket)
+    if not path.exists():
+        return False
+    probe = redis.Redis(
+        unix_socket_path=str(path),
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
+    )
+    try:
+        return bool(probe.ping())
+    except REDIS_DOWN as exc:
+        return is_loading(exc)
+    finally:
+        probe.close()
+
+
 class EmbeddedServer:
     """A private server process. ``start()`` returns once it answers PING; ``url`` is its
     ``unix://`` address. ``stop()`` shuts it down cleanly (the AOF is fsynced)."""
@@ -64,6 +87,14 @@ class EmbeddedServer:
     @property
     def url(self) -> str:
         return f"unix://{self.socket}"
+
+    def answers(self) -> bool:
+        """Whether some server (this one or another) answers on this folder's socket."""
+        return server_answers(self.socket)
+
+    def poll(self) -> int | None:
+        """The exit status once the process has ended (stopped, or died), else None."""
+        return None if self.process is None else self.process.poll()
 
     def command(self) -> list[str]:
         return [
@@ -106,9 +137,7 @@ class EmbeddedServer:
                         f"{self.binary} exited with {self.process.returncode} at start; see "
                         f"{self.data_dir / 'server.log'}"
                     )
-                with contextlib.suppress(
-                    redis.exceptions.ConnectionError, redis.exceptions.BusyLoadingError
-                ):
+                with contextlib.suppress(*REDIS_DOWN):  # not there yet, or loading its AOF
                     if self.socket.exists() and client.ping():
                         return self
                 if time.monotonic() > limit:
