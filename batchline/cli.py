@@ -20,14 +20,21 @@ from workers.stage import Stage, Topology
 log = logging.getLogger("batchline")
 
 
+DEFAULT_PIPELINES = ("pipelines.examples",)
+"""What ``BATCHLINE_PIPELINES`` (or ``--pipelines``) means when it is not set: the examples."""
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     pipelines = tuple(args.pipelines.split(",")) if getattr(args, "pipelines", None) else None
-    return Settings.from_env(
+    settings = Settings.from_env(
         redis_url=getattr(args, "redis_url", None),
         pipelines=pipelines,
         worker_name=getattr(args, "name", None),
         device=getattr(args, "device", None),
     )
+    if not settings.pipelines:
+        settings = settings.replace(pipelines=DEFAULT_PIPELINES)
+    return settings
 
 
 def load_topologies(settings: Settings) -> dict[str, Topology]:
@@ -70,14 +77,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def publish_topologies(settings: Settings, topologies: dict[str, Topology]) -> None:
     """Write the pipelines' specs to the registry and create their consumer groups."""
-    from queueing.connection import broker_errors, connect_async
-    from workers.worker import publish
+    from queueing.connection import broker_errors, connect_async, wait_until_ready
+    from queueing.registry import publish
 
     async def run() -> None:
         client = connect_async(settings)
         try:
+            await wait_until_ready(client, log, "register")
             with broker_errors():
-                await publish(client, settings, list(topologies.values()))
+                await publish(client, settings, [t.spec for t in topologies.values()])
         finally:
             await client.aclose()
 

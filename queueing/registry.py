@@ -6,13 +6,16 @@ gateway learns pipelines without importing any model code.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis.asyncio
+
 from queueing.errors import DecodeError, UnknownPipeline
-from queueing.keys import check_name
+from queueing.keys import Keys, check_name
 from queueing.message import dumps, loads
+from queueing.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,24 @@ class PipelineSpec:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DecodeError(f"bad pipeline spec in the registry: {exc}") from exc
+
+
+async def publish(
+    client: redis.asyncio.Redis, settings: Settings, specs: Sequence[PipelineSpec]
+) -> None:
+    """Write the specs to the registry and create their stages' consumer groups (on every
+    partition), so that clients and gateways can submit before any worker has started
+    reading. Safe to repeat: a spec is overwritten, an existing group is kept."""
+    # Imported here so that the stream protocol may use the specs without an import cycle.
+    from queueing.streams import StageQueue
+
+    if not specs:
+        return
+    keys = Keys(settings.prefix)
+    await client.hset(keys.registry, mapping={spec.name: spec.encode() for spec in specs})
+    for spec in specs:
+        for stage in spec.stages:
+            await StageQueue(client, settings, stage.name, "publisher").ensure_groups()
 
 
 def parse_registry(raw: Mapping[Any, Any]) -> dict[str, PipelineSpec]:

@@ -40,8 +40,9 @@ class Settings:
     """Make submit wait for the AOF fsync (WAITAOF) so an accepted job survives a crash."""
     block_ms: int = 1000
     """How long one blocking read waits when a stage is idle."""
-    pipelines: tuple[str, ...] = ("pipelines.examples",)
-    """Modules to import for pipeline definitions (comma-separated in the environment)."""
+    pipelines: tuple[str, ...] = ()
+    """Modules to import for pipeline definitions (comma-separated in the environment).
+    Empty here means "not set": the ``batchline`` command fills in its default."""
     device: str = "auto"
     """Where models run: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1``..."""
     torch_threads: int = 0
