@@ -37,12 +37,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resolved = settings or Settings.from_env()
         client = AsyncClient(resolved)
+        gateway = Gateway(resolved, client, metrics)
         try:
-            gateway = Gateway(resolved, client, metrics)
             await gateway.warm_up()
             app.state.gateway = gateway
             yield
         finally:
+            await gateway.batcher.close()
             await client.close()
 
     app = FastAPI(

@@ -12,8 +12,9 @@ import orjson
 from fastapi import Request
 from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse as _StarletteJSONResponse
+from starlette.responses import Response
 
-from queueing.jobs import JobRecord, JobStatus
+from queueing.jobs import JobStatus, Snapshot
 from queueing.overview import Overview
 from queueing.registry import PipelineSpec
 
@@ -35,11 +36,10 @@ def accepted(request: Request, job_id: str, status: JobStatus | str) -> dict[str
     return {"id": job_id, "url": job_path(request, job_id), "status": str(status)}
 
 
-def job_document(request: Request, record: JobRecord) -> dict[str, Any]:
-    """A job as polled, cancelled or run synchronously: one shape for all three."""
-    doc = record.to_dict()
-    doc["url"] = job_path(request, record.id)
-    return doc
+def job_document(request: Request, job: Snapshot) -> Response:
+    """A job as polled, cancelled or run synchronously: one shape for all three (its result
+    spliced in as stored, never parsed and re-encoded here)."""
+    return Response(job.document(job_path(request, job.job_id)), media_type="application/json")
 
 
 def pipeline_document(spec: PipelineSpec, view: Overview) -> dict[str, Any]:

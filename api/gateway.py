@@ -1,8 +1,10 @@
 """What the routes call: one :class:`~queueing.client.AsyncClient` per process, plus the rules
 the HTTP API adds on top of it (job ownership, schema checks, bounded waits).
 
-Waiting never polls Redis: a long poll or a synchronous call waits on the client's pub/sub
-listener (:meth:`~queueing.client.AsyncJob.wait`), and re-reads the job record when woken.
+Submits of concurrent requests share one script call (:mod:`api.batcher`). Waiting never polls
+Redis: a long poll or a synchronous call waits on the client's pub/sub listener, whose notice
+carries the whole job as it ended (:meth:`~queueing.client.AsyncJob.ended`), so nothing is read
+back; the job is re-read only if no notice comes within a bounded time.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import math
 import time
 
 from api.auth import ApiKeys
+from api.batcher import SubmitBatcher
 from api.metrics import Metrics
 from api.submission import SchemaChecker, Submission
 from queueing.client import AsyncClient, AsyncJob
 from queueing.connection import broker_errors
 from queueing.errors import BrokerUnavailable, ResultTimeout, UnknownJob
-from queueing.jobs import JobRecord, JobStatus
+from queueing.jobs import JobStatus, Snapshot
 from queueing.keys import is_job_id
 from queueing.overview import Overview, overview
 from queueing.registry import PipelineSpec
@@ -42,6 +45,7 @@ class Gateway:
         self.metrics = metrics
         self.keys = ApiKeys(settings.api_keys)
         self.schemas = SchemaChecker()
+        self.batcher = SubmitBatcher(client)
         self._registry_read_at = -math.inf
 
     async def warm_up(self) -> None:
@@ -88,25 +92,26 @@ class Gateway:
         *,
         idempotency_key: str | None,
         owner: str | None,
-    ) -> list[tuple[AsyncJob, JobStatus]]:
-        """Check and enqueue the submission's inputs; each job with its status now."""
+    ) -> list[tuple[str, JobStatus]]:
+        """Check and enqueue the submission's inputs; each job's id with its status now."""
         spec = await self.spec(pipeline)
         self.schemas.check(spec, submission)
         await self._listening()
-        keys = self._idempotency_keys(idempotency_key, owner, submission)
-        jobs = await self.client.submit_many(
-            pipeline,
+        ids = await self.batcher.submit(
+            spec,
             submission.inputs,
             timeout_s=submission.timeout_s,
-            idempotency_keys=keys,
+            idempotency_keys=self._idempotency_keys(idempotency_key, owner, submission),
             owner=owner,
         )
-        self.metrics.submitted.labels(pipeline).inc(len(jobs))
+        self.metrics.submitted.labels(pipeline).inc(len(ids))
         if idempotency_key is None:
-            return [(job, JobStatus.QUEUED) for job in jobs]
+            return [(job_id, JobStatus.QUEUED) for job_id, _ in ids]
         # A replayed key names jobs that may have moved on: say where they are.
-        statuses = await asyncio.gather(*(job.status() for job in jobs))
-        return list(zip(jobs, statuses, strict=True))
+        statuses = await asyncio.gather(
+            *(AsyncJob(self.client, job_id).status() for job_id, _ in ids)
+        )
+        return [(job_id, status) for (job_id, _), status in zip(ids, statuses, strict=True)]
 
     async def run(
         self,
@@ -115,48 +120,51 @@ class Gateway:
         *,
         idempotency_key: str | None,
         owner: str | None,
-    ) -> JobRecord:
+    ) -> Snapshot:
         """Submit one input and wait for its end (ResultTimeout past the timeout: the job goes
         on, the caller can poll it)."""
-        [(job, _)] = await self.submit(
+        [(job_id, _)] = await self.submit(
             pipeline, submission, idempotency_key=idempotency_key, owner=owner
         )
+        # A job this request created wakes this gateway; one named by a replayed key is
+        # WATCHed first.
+        job = AsyncJob(self.client, job_id, watched=idempotency_key is None)
         timeout = min(submission.timeout_s or self.settings.max_wait_s, self.settings.max_wait_s)
         with self.metrics.waiting.track_inprogress():
-            record = await job.wait(timeout)
-        self.metrics.observe_finished(record)
-        return record
+            ended = await job.ended(timeout)
+        self.metrics.observe_finished(ended)
+        return ended
 
-    async def poll(self, job_id: str, owner: str | None, wait_s: float = 0.0) -> JobRecord:
-        """A job's record; with ``wait_s`` (bounded by ``max_wait_s``), once it has finished
+    async def poll(self, job_id: str, owner: str | None, wait_s: float = 0.0) -> Snapshot:
+        """A job as it is now; with ``wait_s`` (bounded by ``max_wait_s``), once it has ended
         or when that time has passed, whichever comes first."""
-        job, record = await self._read(job_id, owner)
-        if wait_s > 0 and not record.status.finished:
+        job, snapshot = await self._read(job_id, owner)
+        if wait_s > 0 and not snapshot.status.finished:
             await self._listening()
             with self.metrics.waiting.track_inprogress():
                 try:
-                    record = await job.wait(min(wait_s, self.settings.max_wait_s))
+                    snapshot = await job.ended(min(wait_s, self.settings.max_wait_s))
                 except ResultTimeout:
-                    record = await job.info()
-        self.metrics.observe_finished(record)
-        return record
+                    snapshot = await job.snapshot()
+        self.metrics.observe_finished(snapshot)
+        return snapshot
 
-    async def cancel(self, job_id: str, owner: str | None) -> JobRecord:
-        """Cancel a job (a queued one never reaches a model); its record after."""
-        job, record = await self._read(job_id, owner)
-        if not record.status.finished:
+    async def cancel(self, job_id: str, owner: str | None) -> Snapshot:
+        """Cancel a job (a queued one never reaches a model); the job after."""
+        job, snapshot = await self._read(job_id, owner)
+        if not snapshot.status.finished:
             await self.client.cancel(job_id)
-            record = await job.info()
-        return record
+            snapshot = await job.snapshot()
+        return snapshot
 
-    async def _read(self, job_id: str, owner: str | None) -> tuple[AsyncJob, JobRecord]:
+    async def _read(self, job_id: str, owner: str | None) -> tuple[AsyncJob, Snapshot]:
         if not is_job_id(job_id):
             raise UnknownJob(job_id)
         job = AsyncJob(self.client, job_id)
-        record = await job.info()
-        if owner is not None and record.owner != owner:
+        snapshot = await job.snapshot()
+        if owner is not None and snapshot.owner != owner:
             raise UnknownJob(job_id)  # no hint that the id exists
-        return job, record
+        return job, snapshot
 
     def _idempotency_keys(
         self, key: str | None, owner: str | None, submission: Submission

@@ -24,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from queueing.jobs import JobRecord
+from queueing.jobs import Snapshot
 from queueing.overview import COUNTERS, Overview
 
 LATENCY_BUCKETS = (
@@ -139,18 +139,18 @@ class Metrics:
         r.register(self.queue)
         self._seen: OrderedDict[str, None] = OrderedDict()
 
-    def observe_finished(self, record: JobRecord) -> None:
+    def observe_finished(self, job: Snapshot) -> None:
         """Count a finished job once, however many times it is read."""
-        if not record.status.finished or record.id in self._seen:
+        if not job.status.finished or job.job_id in self._seen:
             return
-        self._seen[record.id] = None
+        self._seen[job.job_id] = None
         if len(self._seen) > _SEEN:
             self._seen.popitem(last=False)
-        if record.finished_at is not None:
-            self.finished.labels(record.pipeline, str(record.status)).observe(
-                max(0.0, record.finished_at - record.created_at)
+        if job.finished_at and job.created_at:
+            self.finished.labels(job.pipeline, job.status.value).observe(
+                max(0.0, float(job.finished_at) - float(job.created_at))
             )
-        for timing in record.timings:
+        for timing in job.timing_list():
             self.batch_size.labels(timing.stage).observe(timing.batch_size)
             self.queue_wait.labels(timing.stage).observe(timing.queue_wait_s)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from queueing.errors import JobCancelled, JobError, JobExpired, JobFailed
-from queueing.message import loads
+from queueing.message import dumps, loads
 
 
 class JobStatus(enum.StrEnum):
@@ -35,9 +35,6 @@ class JobStatus(enum.StrEnum):
 
 
 _TERMINAL = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.EXPIRED, JobStatus.CANCELLED})
-
-TIMING_PREFIX = "t:"
-"""Job-hash fields ``t:<stage>`` hold that stage's timings as JSON."""
 
 
 @dataclass(frozen=True)
@@ -82,38 +79,8 @@ class JobRecord:
 
     @classmethod
     def from_hash(cls, job_id: str, raw: Mapping[Any, Any]) -> JobRecord:
-        text = {k.decode(): v for k, v in raw.items()}
-
-        def opt_float(name: str) -> float | None:
-            value = text.get(name)
-            return float(value) if value else None
-
-        def opt_str(name: str) -> str | None:
-            value = text.get(name)
-            return value.decode() if value else None
-
-        timings = [
-            StageTiming(**loads(value))
-            for name, value in text.items()
-            if name.startswith(TIMING_PREFIX)
-        ]
-        timings.sort(key=lambda t: t.started_at)
-        result = text.get("result")
-        return cls(
-            id=job_id,
-            status=JobStatus(text["status"].decode()),
-            pipeline=text["pipeline"].decode(),
-            created_at=float(text["created_at"]),
-            stage=opt_str("stage"),
-            started_at=opt_float("started_at"),
-            finished_at=opt_float("finished_at"),
-            deadline=opt_float("deadline"),
-            result=loads(result) if result is not None else None,
-            error=opt_str("error"),
-            error_stage=opt_str("final_stage"),
-            owner=opt_str("owner"),
-            timings=timings,
-        )
+        """The record of a job's hash (as HGETALL answers it)."""
+        return Snapshot.from_hash(job_id, raw).record()
 
     def outcome(self) -> Any:
         """The result of a finished job, or the JobError that says why there is none."""
@@ -153,34 +120,142 @@ def job_error(job_id: str, status: JobStatus, error: str | None, stage: str | No
     raise ValueError(f"job {job_id} is {status}, not a failure")
 
 
-@dataclass(frozen=True, slots=True)
-class Notice:
-    """The wake-up a finished job publishes: its outcome, so a waiter need not read the record.
+def _number(raw: bytes) -> float | None:
+    return float(raw) if raw else None
 
-    One pub/sub message carries the notices of one script call, each
-    ``<job id> <status> <stage> <length>\\n<result JSON or error text>``."""
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A job as stored, not yet decoded: what its wake-up notice carries when it ends, or what
+    a read of its hash gives. ``document()`` renders it without parsing its result.
+
+    A notice is ``<job> <status> <stage> <pipeline> <created_at> <started_at> <finished_at>
+    <#timings> <#value>\n<timings><value>``; one pub/sub message carries the notices of one
+    script call. ``timings`` are the stages' timing objects, comma-joined; ``value`` is the
+    result's JSON (done), the error text (failed, expired, cancelled), or empty (live)."""
 
     job_id: str
     status: JobStatus
-    stage: str | None
-    value: bytes
+    pipeline: str
+    created_at: bytes
+    started_at: bytes = b""
+    finished_at: bytes = b""
+    stage: str | None = None
+    """Where the job is (live), or the stage that ended it."""
+    timings: bytes = b""
+    value: bytes = b""
+    owner: str | None = None
+    deadline: bytes = b""
 
     @classmethod
-    def decode_all(cls, data: bytes) -> list[Notice]:
+    def decode_all(cls, data: bytes) -> list[Snapshot]:
         """Every notice in one message; ValueError if it is malformed."""
         notices, at = [], 0
         while at < len(data):
             newline = data.index(b"\n", at)
-            job_id, status, stage, length = data[at:newline].decode().split(" ")
-            end = newline + 1 + int(length)
+            job_id, status, stage, pipeline, created, started, finished, n_timings, n_value = data[
+                at:newline
+            ].split(b" ")
+            timings_end = newline + 1 + int(n_timings)
+            end = timings_end + int(n_value)
             if end > len(data):
                 raise ValueError("truncated notice")
-            notices.append(cls(job_id, JobStatus(status), stage or None, data[newline + 1 : end]))
+            notices.append(
+                cls(
+                    job_id.decode(),
+                    JobStatus(status.decode()),
+                    pipeline.decode(),
+                    created,
+                    started,
+                    finished,
+                    stage.decode() or None,
+                    data[newline + 1 : timings_end],
+                    data[timings_end:end],
+                )
+            )
             at = end
         return notices
+
+    @classmethod
+    def from_hash(cls, job_id: str, raw: Mapping[Any, Any]) -> Snapshot:
+        """A job's hash (HGETALL's answer: bytes to bytes)."""
+        status = JobStatus(raw[b"status"].decode())
+        if status is JobStatus.DONE:
+            value = raw.get(b"result", b"")
+        elif status.finished:
+            value = raw.get(b"error", b"")
+        else:
+            value = b""
+        stage = raw.get(b"final_stage") if status.finished else raw.get(b"stage")
+        owner = raw.get(b"owner")
+        return cls(
+            job_id,
+            status,
+            raw[b"pipeline"].decode(),
+            raw.get(b"created_at", b""),
+            raw.get(b"started_at", b""),
+            raw.get(b"finished_at", b""),
+            stage.decode() or None if stage else None,
+            raw.get(b"timings", b""),
+            value,
+            owner.decode() if owner else None,
+            raw.get(b"deadline", b""),
+        )
 
     def outcome(self) -> Any:
         """The result, or raise the JobError that says why there is none."""
         if self.status is JobStatus.DONE:
             return loads(self.value)
-        raise job_error(self.job_id, self.status, self.value.decode(errors="replace"), self.stage)
+        raise self.error()
+
+    def error(self) -> JobError:
+        return job_error(self.job_id, self.status, self.value.decode(errors="replace"), self.stage)
+
+    def timing_list(self) -> list[StageTiming]:
+        if not self.timings:
+            return []
+        timings = [StageTiming(**t) for t in loads(b"[" + self.timings + b"]")]
+        timings.sort(key=lambda t: t.started_at)
+        return timings
+
+    def record(self) -> JobRecord:
+        """The decoded record."""
+        finished = self.status.finished
+        return JobRecord(
+            id=self.job_id,
+            status=self.status,
+            pipeline=self.pipeline,
+            created_at=_number(self.created_at) or 0.0,
+            stage=None if finished else self.stage,
+            started_at=_number(self.started_at),
+            finished_at=_number(self.finished_at),
+            deadline=_number(self.deadline),
+            result=loads(self.value) if self.status is JobStatus.DONE else None,
+            error=self.value.decode(errors="replace") if finished and self.value else None,
+            error_stage=self.stage if finished else None,
+            owner=self.owner,
+            timings=self.timing_list(),
+        )
+
+    def document(self, url: str) -> bytes:
+        """The public view as JSON (the gateway's job document; :meth:`JobRecord.to_dict`
+        says the same), the result spliced in as stored rather than parsed and re-encoded."""
+        head = b'{"id":"%s","status":"%s","pipeline":%s,"created_at":%s,"started_at":%s,' % (
+            self.job_id.encode(),
+            self.status.value.encode(),
+            dumps(self.pipeline),
+            self.created_at or b"null",
+            self.started_at or b"null",
+        )
+        body = b'"finished_at":%s,"timings":[%s],"url":%s' % (
+            self.finished_at or b"null",
+            self.timings,
+            dumps(url),
+        )
+        if self.status is JobStatus.DONE:
+            tail = b',"result":%s}\n' % self.value
+        elif self.status.finished:
+            tail = b',"error":%s}\n' % dumps(str(self.error()))
+        else:
+            tail = b"}\n"
+        return head + body + tail

@@ -53,10 +53,6 @@ class Keys:
         """A stage's input stream; its consumer group is named after the stage."""
         return f"{self._tag(partition)}:in:{stage}"
 
-    def entries(self, partition: int, stage: str) -> str:
-        """Hash: stream entry id -> job id of the stage's in-flight entries."""
-        return f"{self._tag(partition)}:entries:{stage}"
-
     def dead(self, partition: int, stage: str) -> str:
         """A stage's dead-letter stream."""
         return f"{self._tag(partition)}:dead:{stage}"

@@ -1,7 +1,7 @@
 """The stream protocol as one stage's consumer sees it: read, start, finish, claim, touch.
 
-Workers call these; nothing outside ``queueing/`` issues XREADGROUP, XACK or XAUTOCLAIM-like
-commands. Every write step is one Lua script per partition (see :mod:`queueing.scripts`).
+Workers call these; nothing outside ``queueing/`` issues XREADGROUP, XACK or XCLAIM. Every
+write step is one Lua script per partition (see :mod:`queueing.scripts`).
 """
 
 from __future__ import annotations
@@ -11,16 +11,31 @@ import socket
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio
 import redis.exceptions
 
 from queueing.keys import Keys
-from queueing.message import Message, dumps
-from queueing.scripts import CLAIM, FINISH, START, TOUCH
+from queueing.message import dumps
+from queueing.scripts import (
+    FINISH,
+    START,
+    TOUCH,
+    Finished,
+    Kind,
+    Start,
+    Target,
+    finish_call,
+    start_call,
+    touch_call,
+)
 from queueing.settings import Settings
+
+DELIVERY_CAP = 5
+"""An entry delivered ``DELIVERY_CAP x max_deliveries`` times without ever being started (its
+workers died before they got to it) is dead-lettered too."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,26 +45,43 @@ class Delivery:
     partition: int
     entry_id: str
     fields: dict[bytes, bytes] | None
+    deliveries: int = 1
+    """Times the entry was delivered (more than 1 for one claimed from a dead consumer)."""
 
 
 @dataclass(slots=True)
 class Outcome:
-    """What became of one delivery, for :meth:`StageQueue.finish`.
+    """What became of one delivery, for :meth:`StageQueue.finish` (see :class:`Kind`).
 
-    ``kind`` is ``done`` (value = encoded result), ``failed`` / ``expired`` / ``dead``
-    (value = the reason), ``next`` (hand the messages in ``targets`` to their stages),
-    ``join`` (value = this fan-out branch's output; ``targets`` holds the join stage and the
-    join entry's message; this is ``branch`` of ``fan_in`` branches) or
-    ``skip`` (ack only: the job was cancelled or has finished)."""
+    ``value`` is the result (``done``), the reason (``failed``, ``expired``, ``dead``), the
+    next stages' input (``next``, to each stage of ``targets``) or this fan-out branch's output
+    (``join``: ``targets`` holds the join stage; this is ``branch`` of ``fan_in`` branches)."""
 
     delivery: Delivery
     job_id: str
-    kind: str
+    kind: Kind
     value: bytes | str = ""
     timing: bytes | str = ""
-    targets: list[tuple[str, Message]] = field(default_factory=list)
+    deadline: float | None = None
+    targets: tuple[str, ...] = ()
     branch: str = ""
     fan_in: int = 0
+
+
+def too_many_attempts(max_deliveries: int) -> str:
+    """Why an entry START answered ``dead`` for is dead-lettered."""
+    return (
+        f"dead-lettered after {max_deliveries} attempts without finishing: the worker crashed "
+        "or stalled on it each time"
+    )
+
+
+def never_started(deliveries: int) -> str:
+    """Why an entry delivered DELIVERY_CAP x max_deliveries times is dead-lettered."""
+    return (
+        f"dead-lettered after {deliveries} deliveries: its workers died before they got to it "
+        "each time"
+    )
 
 
 def consumer_name(settings: Settings) -> str:
@@ -73,7 +105,6 @@ class StageQueue:
         self._streams = {self.keys.stream(p, stage): p for p in self.partitions}
         self._start = client.register_script(START)
         self._finish = client.register_script(FINISH)
-        self._claim = client.register_script(CLAIM)
         self._touch = client.register_script(TOUCH)
 
     async def ensure_groups(self) -> None:
@@ -93,114 +124,124 @@ class StageQueue:
         not block). ``own_pending`` re-reads what this consumer holds already (after a
         restart under the same name)."""
         since = "0" if own_pending else ">"
-        reply = await self.redis.xreadgroup(
+        reply: Any = await self.redis.xreadgroup(
             self.group,
             self.consumer,
             {stream: since for stream in self._streams},
             count=count,
             block=None if own_pending else block_ms,
         )
-        return self._deliveries(reply or [])
-
-    def _deliveries(self, reply: Iterable[Any]) -> list[Delivery]:
         out = []
-        for stream, entries in reply:
+        for stream, entries in reply or ():
             partition = self._streams[stream.decode() if isinstance(stream, bytes) else stream]
             for entry_id, fields in entries:
                 out.append(Delivery(partition, entry_id.decode(), fields or None))
         return out
 
-    async def start(self, deliveries: Sequence[tuple[Delivery, str]]) -> list[str]:
-        """Mark the jobs running; per job, ``run`` or the status that forbids running it
-        (``cancelled``, ``expired``, ``done``, ``failed``, ``missing``)."""
-        by_partition: dict[int, list[int]] = defaultdict(list)
-        for index, (delivery, _) in enumerate(deliveries):
-            by_partition[delivery.partition].append(index)
-        answers: list[str] = [""] * len(deliveries)
+    async def start(self, deliveries: Sequence[tuple[Delivery, str]]) -> list[Start]:
+        """Mark the jobs running and count this attempt; per job, whether to run it (or
+        dead-letter it, or skip it: the status that forbids running it)."""
+        answers: list[Start] = [Start.MISSING] * len(deliveries)
         now = repr(time.time())
-        for partition, indexes in by_partition.items():
-            job_ids = [deliveries[i][1] for i in indexes]
-            reply = await self._start(
-                args=[self.keys.job_prefix(partition), now, self.stage, *job_ids]
+        for partition, indexes in _by_partition(delivery for delivery, _ in deliveries).items():
+            prefix = self.keys.job_prefix(partition)
+            keys, args = start_call(
+                [prefix + deliveries[i][1] for i in indexes],
+                now,
+                self.stage,
+                self.settings.max_deliveries,
             )
+            reply = await self._start(keys=keys, args=args)
             for i, status in zip(indexes, reply, strict=True):
-                answers[i] = status.decode()
+                answers[i] = Start(status.decode())
         return answers
 
     async def finish(self, outcomes: Sequence[Outcome]) -> list[bool]:
         """Hand off or end each item and ack it, atomically per partition. False for an
         item whose entry another consumer has claimed meanwhile (nothing was written)."""
-        by_partition: dict[int, list[int]] = defaultdict(list)
-        for index, outcome in enumerate(outcomes):
-            by_partition[outcome.delivery.partition].append(index)
         done: list[bool] = [False] * len(outcomes)
         now = repr(time.time())
         ttl = int(self.settings.result_ttl_s)
-        for partition, indexes in by_partition.items():
-            args: list[Any] = [
-                self.group,
-                self.consumer,
-                self.keys.job_prefix(partition),
-                now,
-                ttl,
-                self.stage,
-            ]
-            for i in indexes:
-                outcome = outcomes[i]
-                args += [
-                    outcome.delivery.entry_id,
-                    outcome.job_id,
-                    outcome.kind,
-                    outcome.value,
-                    outcome.timing,
-                    len(outcome.targets),
-                ]
-                for stage, message in outcome.targets:
-                    target: list[Any] = [
-                        self.keys.stream(partition, stage),
-                        self.keys.entries(partition, stage),
-                        stage,
-                    ]
-                    if outcome.kind == "join":
-                        target = [
-                            self.keys.joins(message.job_id),
-                            *target,
-                            outcome.branch,
-                            outcome.fan_in,
-                        ]
-                    target += message.encode()
-                    args += [len(target), *target]
-            reply = await self._finish(keys=self._partition_keys(partition), args=args)
+        for partition, indexes in _by_partition(o.delivery for o in outcomes).items():
+            keys, args = finish_call(
+                self.keys.stream(partition, self.stage),
+                self.keys.dead(partition, self.stage),
+                self.keys.stats(partition),
+                group=self.group,
+                consumer=self.consumer,
+                now=now,
+                ttl=ttl,
+                stage=self.stage,
+                items=[self._finished(partition, outcomes[i]) for i in indexes],
+            )
+            reply = await self._finish(keys=keys, args=args)
             for i, ok in zip(indexes, reply, strict=True):
                 done[i] = bool(ok)
         return done
 
+    def _finished(self, partition: int, outcome: Outcome) -> Finished:
+        job_id = outcome.job_id
+        targets: list[Target] = []
+        for stage in outcome.targets:
+            stream = self.keys.stream(partition, stage)
+            if outcome.kind == Kind.JOIN:
+                join = self.keys.joins(job_id)
+                targets.append(Target(stage, stream, join, outcome.branch, outcome.fan_in))
+            else:
+                targets.append(Target(stage, stream))
+        return Finished(
+            outcome.delivery.entry_id,
+            job_id,
+            # (an entry naming no job has none: a key of this partition that never exists)
+            self.keys.job_prefix(partition) + job_id,
+            outcome.kind,
+            outcome.value,
+            outcome.timing,
+            repr(outcome.deadline) if outcome.deadline is not None else "",
+            targets,
+        )
+
     async def claim(self, count: int) -> tuple[list[Delivery], int]:
-        """Take over entries idle past the visibility timeout (their consumer died); dead-letter
-        those delivered ``max_deliveries`` times. Returns (claimed, number dead-lettered)."""
+        """Take over up to ``count`` entries idle past the visibility timeout (their consumer
+        died). Returns (claimed, number whose payload was deleted: acked and dropped)."""
         claimed: list[Delivery] = []
-        dead = 0
+        gone = 0
         min_idle = int(self.settings.visibility_timeout_s * 1000)
         for partition in self.partitions:
-            entries, n_dead = await self._claim(
-                keys=self._partition_keys(partition),
-                args=[
-                    self.group,
-                    self.consumer,
-                    min_idle,
-                    count,
-                    self.settings.max_deliveries,
-                    self.keys.job_prefix(partition),
-                    repr(time.time()),
-                    int(self.settings.result_ttl_s),
-                    self.stage,
-                ],
+            stream = self.keys.stream(partition, self.stage)
+            idle: Any = await self.redis.xpending_range(
+                stream, self.group, min="-", max="+", count=count, idle=min_idle
             )
-            dead += int(n_dead)
-            for entry_id, flat in entries:
-                fields = dict(zip(flat[::2], flat[1::2], strict=True)) if flat else None
-                claimed.append(Delivery(partition, entry_id.decode(), fields))
-        return claimed, dead
+            if not idle:
+                continue
+            ids: list[Any] = [p["message_id"] for p in idle]
+            got: Any = await self.redis.xclaim(stream, self.group, self.consumer, min_idle, ids)
+            deliveries = {p["message_id"]: int(p["times_delivered"]) + 1 for p in idle}
+            taken = set()
+            for entry_id, fields in got:
+                if entry_id is None:
+                    continue
+                taken.add(entry_id)
+                claimed.append(
+                    Delivery(partition, entry_id.decode(), fields or None, deliveries[entry_id])
+                )
+            # Entries another consumer took meanwhile are not returned; deleted ones are not
+            # either (and the claim dropped them from the group): ack those for older servers.
+            deleted = [e for e in ids if e not in taken]
+            pipe = self.redis.pipeline(transaction=False)
+            if deleted:
+                existing = [await self.redis.xrange(stream, e, e, count=1) for e in deleted]
+                deleted = [e for e, found in zip(deleted, existing, strict=True) if not found]
+                if deleted:
+                    pipe.xack(stream, self.group, *deleted)
+                    pipe.hincrby(self.keys.stats(partition), f"{self.stage}:dead", len(deleted))
+                    gone += len(deleted)
+            n_claimed = len(taken)
+            if n_claimed:
+                pipe.hincrby(self.keys.stats(partition), f"{self.stage}:redelivered", n_claimed)
+            if pipe:
+                await pipe.execute()
+        return claimed, gone
 
     async def touch(self, deliveries: Iterable[Delivery]) -> None:
         """Reset the idle time of entries this consumer still holds (they are being worked on)."""
@@ -208,10 +249,10 @@ class StageQueue:
         for delivery in deliveries:
             by_partition[delivery.partition].append(delivery.entry_id)
         for partition, entry_ids in by_partition.items():
-            await self._touch(
-                keys=[self.keys.stream(partition, self.stage)],
-                args=[self.group, self.consumer, *entry_ids],
+            keys, args = touch_call(
+                self.keys.stream(partition, self.stage), self.group, self.consumer, entry_ids
             )
+            await self._touch(keys=keys, args=args)
 
     async def backlog(self) -> int:
         """Entries queued or in flight, over all partitions."""
@@ -220,13 +261,13 @@ class StageQueue:
             pipe.xlen(stream)
         return sum(await pipe.execute())
 
-    def _partition_keys(self, partition: int) -> list[str]:
-        return [
-            self.keys.stream(partition, self.stage),
-            self.keys.entries(partition, self.stage),
-            self.keys.dead(partition, self.stage),
-            self.keys.stats(partition),
-        ]
+
+def _by_partition(deliveries: Iterable[Delivery]) -> dict[int, list[int]]:
+    """Positions of the deliveries, by partition."""
+    out: dict[int, list[int]] = defaultdict(list)
+    for index, delivery in enumerate(deliveries):
+        out[delivery.partition].append(index)
+    return out
 
 
 async def heartbeat(

@@ -1,11 +1,14 @@
 """Waking waiters: one pub/sub connection per process, no polling, no connection per waiter.
 
-A finished job's script PUBLISHes a :class:`~queueing.jobs.Notice` (its outcome) on the channel
-of every process waiting for it: the submitter's channel is in the record from the start;
-another process adds its own with the WATCH script. A listener hands the notice to the local
-waiters of that job. The record stays the source of truth: when the pub/sub connection drops,
-every waiter is woken without a notice and re-reads the record, so a missed message costs a
-read, never a result.
+A finished job's script PUBLISHes a :class:`~queueing.jobs.Snapshot` (the whole job as it
+ended) on the channel of every process waiting for it: the submitter's channel is in the
+record from the start; another process adds its own with the WATCH script. A listener hands the
+notice to the local waiters of that job.
+
+The record stays the source of truth, and no wait depends on a notice arriving: when the
+pub/sub connection drops (and once it is back) every waiter is woken without a notice, and the
+clients re-read the records of the jobs they wait for at a bounded interval anyway
+(:data:`RECHECK_S`). A lost notice costs time and a read, never a result.
 """
 
 from __future__ import annotations
@@ -21,16 +24,23 @@ import redis
 import redis.asyncio
 import redis.exceptions
 
-from queueing.jobs import Notice
+from queueing.connection import REDIS_DOWN
+from queueing.jobs import Snapshot
 
 log = logging.getLogger(__name__)
 
+RECHECK_S = 2.0
+"""Longest a waiter waits for a notice before it re-reads the record."""
 _RETRY_S = 0.5
-_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
-_RECENT_VALUE_LIMIT = 4096
+RECENT_BYTES = 16 << 20
+"""Most bytes of recent notices a listener keeps (for waiters registered just after the end)."""
+RECENT_COUNT = 65_536
+"""Most recent notices a listener keeps."""
+RECENT_VALUE_LIMIT = 4096
+"""A recent notice with a larger value is kept without it: its waiter re-reads the record."""
 
 
-class Waiter:
+class _Waiting:
     """One wait for one job: ``notice`` is set when the job's wake-up carried its outcome."""
 
     __slots__ = ("event", "job_id", "notice")
@@ -38,30 +48,59 @@ class Waiter:
     def __init__(self, job_id: str, event: Any) -> None:
         self.job_id = job_id
         self.event = event
-        self.notice: Notice | None = None
+        self.notice: Snapshot | None = None
 
-    def wake(self, notice: Notice | None) -> None:
+    def wake(self, notice: Snapshot | None) -> None:
         if notice is not None:
             self.notice = notice
         self.event.set()
 
 
+class Waiter(_Waiting):
+    """A wait in a thread."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id, threading.Event())
+
+    def wait(self, timeout: float | None) -> None:
+        """Until woken (a notice, or a reason to re-read) or ``timeout`` seconds; then armed
+        again for the next wake-up."""
+        if timeout is None or timeout > 0:
+            self.event.wait(timeout)
+        self.event.clear()
+
+
+class AsyncWaiter(_Waiting):
+    """A wait in a task."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id, asyncio.Event())
+
+    async def wait(self, timeout: float | None) -> None:
+        """See :meth:`Waiter.wait`."""
+        if timeout is None or timeout > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self.event.wait()
+        self.event.clear()
+
+
 class _Hub:
-    """The bookkeeping both listeners share: waiters by job id, and the latest notices, so
-    that a waiter registered just after its job's wake-up (a job can finish before ``submit``
-    returns) is woken at once."""
+    """The bookkeeping both listeners share: waiters by job id, and the latest notices (bounded
+    in number and bytes), so that a waiter registered just after its job's wake-up (a job can
+    finish before ``submit`` returns) is woken at once."""
 
-    def __init__(self, recent: int = 65_536) -> None:
-        self.waiters: defaultdict[str, set[Waiter]] = defaultdict(set)
-        self.recent: OrderedDict[str, Notice | None] = OrderedDict()
-        self.size = recent
+    def __init__(self) -> None:
+        self.waiters: defaultdict[str, set[_Waiting]] = defaultdict(set)
+        self.recent: OrderedDict[str, Snapshot | None] = OrderedDict()
+        self.recent_bytes = 0
 
-    def add(self, waiter: Waiter) -> None:
+    def add(self, waiter: _Waiting) -> None:
         self.waiters[waiter.job_id].add(waiter)
         if waiter.job_id in self.recent:
             waiter.wake(self.recent[waiter.job_id])
 
-    def remove(self, waiter: Waiter) -> None:
+    def remove(self, waiter: _Waiting) -> None:
         group = self.waiters.get(waiter.job_id)
         if group is not None:
             group.discard(waiter)
@@ -70,22 +109,33 @@ class _Hub:
 
     def deliver(self, data: bytes) -> None:
         try:
-            notices = Notice.decode_all(data)
+            notices = Snapshot.decode_all(data)
         except (ValueError, UnicodeDecodeError):
             log.warning("ignoring a malformed wake-up message: %r", data[:80])
             return
         for notice in notices:
-            keep = notice if len(notice.value) <= _RECENT_VALUE_LIMIT else None
-            self.recent[notice.job_id] = keep
-            if len(self.recent) > self.size:
-                self.recent.popitem(last=False)
+            self._remember(notice)
             for waiter in list(self.waiters.get(notice.job_id, ())):
                 waiter.wake(notice)
+
+    def _remember(self, notice: Snapshot) -> None:
+        keep = notice if len(notice.value) <= RECENT_VALUE_LIMIT else None
+        size = _size(keep)
+        old = self.recent.pop(notice.job_id, None)
+        self.recent_bytes += size - _size(old)
+        self.recent[notice.job_id] = keep
+        while len(self.recent) > RECENT_COUNT or self.recent_bytes > RECENT_BYTES:
+            _, dropped = self.recent.popitem(last=False)
+            self.recent_bytes -= _size(dropped)
 
     def wake_all(self) -> None:
         for group in list(self.waiters.values()):
             for waiter in list(group):
                 waiter.wake(None)
+
+
+def _size(notice: Snapshot | None) -> int:
+    return 0 if notice is None else len(notice.value) + len(notice.timings) + 200
 
 
 class Listener:
@@ -115,12 +165,12 @@ class Listener:
             )
 
     def register(self, job_id: str) -> Waiter:
-        waiter = Waiter(job_id, threading.Event())
+        waiter = Waiter(job_id)
         with self._lock:
             self._hub.add(waiter)
         return waiter
 
-    def unregister(self, waiter: Waiter) -> None:
+    def unregister(self, waiter: _Waiting) -> None:
         with self._lock:
             self._hub.remove(waiter)
 
@@ -144,7 +194,7 @@ class Listener:
                     if message is not None and message["type"] == "message":
                         with self._lock:
                             self._hub.deliver(message["data"])
-            except _REDIS_DOWN as exc:
+            except REDIS_DOWN as exc:
                 log.warning("result listener lost its connection (%s); reconnecting", exc)
                 self._error = exc
                 with self._lock:
@@ -181,12 +231,12 @@ class AsyncListener:
                 f"could not subscribe to {self.channel} within {timeout}s"
             ) from None
 
-    def register(self, job_id: str) -> Waiter:
-        waiter = Waiter(job_id, asyncio.Event())
+    def register(self, job_id: str) -> AsyncWaiter:
+        waiter = AsyncWaiter(job_id)
         self._hub.add(waiter)
         return waiter
 
-    def unregister(self, waiter: Waiter) -> None:
+    def unregister(self, waiter: _Waiting) -> None:
         self._hub.remove(waiter)
 
     async def close(self) -> None:
@@ -210,7 +260,7 @@ class AsyncListener:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message["type"] == "message":
                         self._hub.deliver(message["data"])
-            except _REDIS_DOWN as exc:
+            except REDIS_DOWN as exc:
                 log.warning("result listener lost its connection (%s); reconnecting", exc)
                 self._hub.wake_all()
                 await asyncio.sleep(_RETRY_S)

@@ -24,8 +24,16 @@ import redis.exceptions
 from queueing.errors import DecodeError
 from queueing.jobs import StageTiming
 from queueing.message import Message, dumps, job_id_of
+from queueing.scripts import Kind, Start
 from queueing.settings import Settings
-from queueing.streams import Delivery, Outcome, StageQueue
+from queueing.streams import (
+    DELIVERY_CAP,
+    Delivery,
+    Outcome,
+    StageQueue,
+    never_started,
+    too_many_attempts,
+)
 from workers.batching import BatchContractError, BatchedHandler
 from workers.device import limit_torch_threads, torch_threads
 from workers.stage import Route, Stage
@@ -197,14 +205,18 @@ class StageLoop:
                 log.warning(
                     "stage %s: undecodable entry %s: %s", self.stage.name, delivery.entry_id, exc
                 )
-                outcomes.append(Outcome(delivery, job_id, "dead", f"undecodable entry: {exc}"))
+                outcomes.append(Outcome(delivery, job_id, Kind.DEAD, f"undecodable entry: {exc}"))
+                continue
+            if delivery.deliveries >= DELIVERY_CAP * self.settings.max_deliveries:
+                reason = never_started(delivery.deliveries)
+                outcomes.append(Outcome(delivery, message.job_id, Kind.DEAD, reason))
                 continue
             if message.deadline is not None and message.deadline < now:
                 outcomes.append(
                     Outcome(
                         delivery,
                         message.job_id,
-                        "expired",
+                        Kind.EXPIRED,
                         "its deadline passed before a worker ran it",
                     )
                 )
@@ -216,10 +228,13 @@ class StageLoop:
         statuses = await self._persist("start", lambda: self.queue.start(jobs))
         items = []
         for item, status in zip(candidates, statuses, strict=True):
-            if status == "run":
+            if status is Start.RUN:
                 items.append(item)
+            elif status is Start.DEAD:
+                reason = too_many_attempts(self.settings.max_deliveries)
+                outcomes.append(Outcome(item.delivery, item.message.job_id, Kind.DEAD, reason))
             else:  # cancelled, finished, or its record is gone: nothing to run
-                outcomes.append(Outcome(item.delivery, item.message.job_id, "skip"))
+                outcomes.append(Outcome(item.delivery, item.message.job_id, Kind.SKIP))
         if items:
             outcomes += await self.run_batch(items)
         return outcomes
@@ -245,34 +260,34 @@ class StageLoop:
         """Where one output goes: the route it names, the next stage(s), a fan-out's join, or
         the job's result."""
         delivery, job_id = item.delivery, item.message.job_id
+        deadline = item.message.deadline
         if isinstance(output, BaseException):
-            return Outcome(delivery, job_id, "failed", _describe(output))
+            return Outcome(delivery, job_id, Kind.FAILED, _describe(output))
         targets: tuple[str, ...] = () if self.stage.routes else self.stage.next
         if isinstance(output, Route):
             try:
                 targets = (self._resolve_route(output.to),)
             except BatchContractError as exc:
-                return Outcome(delivery, job_id, "failed", str(exc))
+                return Outcome(delivery, job_id, Kind.FAILED, str(exc))
             output = output.value
         try:
             data = dumps(output)
         except TypeError as exc:
-            return Outcome(delivery, job_id, "failed", f"output cannot be encoded: {exc}")
+            return Outcome(delivery, job_id, Kind.FAILED, f"output cannot be encoded: {exc}")
         if self.stage.join is not None:
-            entry = Message(job_id, b"", time.time(), item.message.deadline)
             return Outcome(
                 delivery,
                 job_id,
-                "join",
+                Kind.JOIN,
                 data,
-                targets=[(self.stage.join, entry)],
+                deadline=deadline,
+                targets=(self.stage.join,),
                 branch=self.stage.short_name,
                 fan_in=self.stage.fan_in,
             )
         if not targets:
-            return Outcome(delivery, job_id, "done", data)
-        message = Message(job_id, data, time.time(), item.message.deadline)
-        return Outcome(delivery, job_id, "next", targets=[(t, message) for t in targets])
+            return Outcome(delivery, job_id, Kind.DONE, data)
+        return Outcome(delivery, job_id, Kind.NEXT, data, deadline=deadline, targets=targets)
 
     def _resolve_route(self, to: str) -> str:
         pipeline = self.stage.name.split(".", 1)[0]
@@ -358,10 +373,16 @@ class StageLoop:
         """Keep this consumer's entries its own, and take over those of dead consumers."""
         if self.held:
             await self.queue.touch(list(self.held.values()))
-        if self._inbox.empty() and not self._recovered:
-            claimed, dead = await self.queue.claim(self.config.max_batch_size)
-            if dead:
-                log.warning("stage %s: dead-lettered %d entries", self.stage.name, dead)
+        # Claimed whatever the load (a standing backlog must not delay recovery), but not
+        # while entries claimed earlier still wait for their turn.
+        if not self._recovered:
+            claimed, gone = await self.queue.claim(self.config.max_batch_size)
+            if gone:
+                log.warning(
+                    "stage %s: dropped %d pending entries whose payload was deleted",
+                    self.stage.name,
+                    gone,
+                )
             if claimed:
                 log.info(
                     "stage %s: claimed %d entries of a dead consumer", self.stage.name, len(claimed)

@@ -205,8 +205,14 @@ class FakeWorker:
     def _outcome(self, delivery: Delivery, message: Message, result: Any) -> Outcome:
         if self.forward_to is None:
             return Outcome(delivery, message.job_id, "done", dumps(result))
-        onward = Message(message.job_id, dumps(result), message.enqueued_at, message.deadline)
-        return Outcome(delivery, message.job_id, "next", targets=[(self.forward_to, onward)])
+        return Outcome(
+            delivery,
+            message.job_id,
+            "next",
+            dumps(result),
+            deadline=message.deadline,
+            targets=(self.forward_to,),
+        )
 
 
 async def process(

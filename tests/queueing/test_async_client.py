@@ -19,10 +19,11 @@ from queueing.errors import (
     UnknownJob,
     UnknownPipeline,
 )
-from queueing.jobs import JobRecord, JobStatus
+from queueing.jobs import JobStatus
 from queueing.keys import Keys, new_job_id
 from queueing.message import Message
 from queueing.settings import Settings
+from queueing.waiters import RECHECK_S
 
 from .helpers import FakeWorker, job_hash, job_keys, pending, process, register, run
 
@@ -58,7 +59,7 @@ def test_submit_writes_a_queued_record_and_one_stream_entry(
     ((entry_id, fields),) = redis_client.xrange(STREAM)
     assert Message.decode(fields).job_id == job_id
     assert Message.decode(fields).value() == {"x": 1}
-    assert redis_client.hget(Keys().entries(0, "echo.run"), entry_id) == job_id.encode()
+    assert job_hash(redis_client, settings, job_id)["entry"] == entry_id.decode()
 
 
 def test_submit_many(settings: Settings, redis_client: redis.Redis) -> None:
@@ -182,24 +183,24 @@ def test_a_job_ending_between_the_record_read_and_the_wait_still_wakes_its_waite
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The async twin of the same test in test_client.py: the job ends, and its wake-up is
-    taken in by the listener task, while AsyncJob is reading the record that still says
-    queued. The waiter must not then sleep through it (20 s timeout; 8 s tells them apart)."""
-    read = AsyncJob.info
+    taken in by the listener task, right after AsyncJob WATCHed it (the job still queued). The
+    waiter must not then sleep through it (its re-check would find it RECHECK_S later; the
+    bound is under that)."""
+    watch = AsyncJob._watch
 
-    async def read_then_the_job_ends(self: AsyncJob) -> JobRecord:
-        record = await read(self)
-        if record.status is JobStatus.QUEUED:
-            await process(settings, "echo.run", 1)
-            await asyncio.sleep(0.3)  # let the listener task take the wake-up in
-        return record
+    async def watch_then_the_job_ends(self: AsyncJob) -> JobStatus:
+        status = await watch(self)
+        await process(settings, "echo.run", 1)
+        await asyncio.sleep(0.3)  # let the listener task take the wake-up in
+        return status
 
     async def body(client: AsyncClient) -> None:
         with Client(settings) as submitter:
             job_id = submitter.submit("echo", 7).id
         handle = await client.job(job_id)
-        monkeypatch.setattr(AsyncJob, "info", read_then_the_job_ends)
+        monkeypatch.setattr(AsyncJob, "_watch", watch_then_the_job_ends)
         waiting = asyncio.create_task(handle.result(timeout=20))
-        done, _ = await asyncio.wait([waiting], timeout=8)
+        done, _ = await asyncio.wait([waiting], timeout=0.3 + RECHECK_S - 0.1)
         assert done, "the waiter slept through its job's wake-up"
         assert waiting.result() == 7
 

@@ -29,6 +29,7 @@ from queueing.message import Message, dumps
 from queueing.server import EmbeddedServer
 from queueing.settings import Settings
 from queueing.streams import Outcome
+from queueing.waiters import RECHECK_S
 
 from .helpers import (
     FakeWorker,
@@ -43,7 +44,6 @@ from .helpers import (
 )
 
 STREAM = Keys().stream(0, "echo.run")
-ENTRIES = Keys().entries(0, "echo.run")
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_submit_writes_a_queued_record_and_one_stream_entry(
     assert message.job_id == job.id
     assert message.value() == {"x": [1, 2]}
     assert message.deadline is None
-    assert redis_client.hgetall(ENTRIES) == {entry_id: job.id.encode()}
+    assert redis_client.hget(Keys().job(job.id), "entry") == entry_id
 
     info = job.info()
     assert info.status is JobStatus.QUEUED
@@ -458,27 +458,28 @@ def test_result_of_a_job_submitted_by_another_client_wakes_up(
 def test_a_job_ending_between_the_record_read_and_the_wait_still_wakes_its_waiter(
     client: Client, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Job.result reads the record, sees the job unfinished, then waits for a wake-up. Here
-    the job ends (for real, through the protocol) right after that read, and its wake-up
-    reaches the listener before the waiter goes to sleep: it must not be lost. (A lost one
-    leaves the waiter asleep until its timeout, 20 s here, or for ever without one; the 8 s
-    bound below only tells a lost wake-up from a delivered one.)"""
+    """Job.result of another client's job WATCHes it (adding its channel, reading its status),
+    then waits for a wake-up. Here the job ends (for real, through the protocol) right after
+    that, and its wake-up reaches the listener before the waiter goes to sleep: it must not be
+    lost. (A lost one leaves the waiter asleep until its re-check, 2 s later; the bound below
+    is under it, so only a delivered wake-up passes.)"""
     job = client.submit("echo", 7)
     with Client(settings) as other:
-        handle = other.job(job.id)  # another client's job: the WATCH path reads the record
-        read = Job.info
+        handle = other.job(job.id)  # another client's job: the WATCH path
+        watch = Job._watch
 
-        def read_then_the_job_ends(self: Job) -> Any:
-            record = read(self)
-            if record.status is JobStatus.QUEUED:
-                run(process(settings, "echo.run", 1))
-                time.sleep(0.3)  # let the listener thread take the wake-up in
-            return record
+        def watch_then_the_job_ends(self: Job) -> JobStatus:
+            status = watch(self)
+            run(process(settings, "echo.run", 1))
+            time.sleep(0.3)  # let the listener thread take the wake-up in
+            return status
 
-        monkeypatch.setattr(Job, "info", read_then_the_job_ends)
+        monkeypatch.setattr(Job, "_watch", watch_then_the_job_ends)
         waiter = _Waiter(handle, timeout=20)
+        started = time.monotonic()
         waiter.start()
         waiter.join(8)
+        assert time.monotonic() - started < 0.3 + RECHECK_S
         assert not waiter.is_alive(), "the waiter slept through its job's wake-up"
         assert waiter.error is None
         assert waiter.outcome == 7

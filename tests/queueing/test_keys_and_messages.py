@@ -75,7 +75,6 @@ def test_every_job_key_carries_the_partition_hash_tag() -> None:
         keys.job(job_id),
         keys.joins(job_id),
         keys.stream(3, "p.s"),
-        keys.entries(3, "p.s"),
         keys.dead(3, "p.s"),
         keys.idempotency(3, "p", "key"),
         keys.stats(3),

@@ -52,7 +52,7 @@ def test_finish_done_publishes_the_result_acks_and_deletes(
     redis_client: redis.Redis, settings: Settings
 ) -> None:
     job = submit(settings, "echo", {"n": 2})[0]
-    stream, entries = KEYS.stream(0, "echo.run"), KEYS.entries(0, "echo.run")
+    stream = KEYS.stream(0, "echo.run")
     channel = job_hash(redis_client, settings, job)["reply"]
 
     async def scenario() -> None:
@@ -82,7 +82,6 @@ def test_finish_done_publishes_the_result_acks_and_deletes(
     assert 0 < redis_client.ttl(KEYS.job(job)) <= settings.result_ttl_s
     assert redis_client.xlen(stream) == 0  # XDEL: the stream holds only what is in flight
     assert pending(redis_client, stream, "echo.run") == []  # XACK
-    assert redis_client.hlen(entries) == 0
     assert len(published) == 1
     assert job.encode() in published[0]
     assert stats(redis_client)["echo.run:done"] == 1
@@ -126,7 +125,6 @@ def test_next_hands_off_to_the_next_stage_in_the_same_step(
         async with stage_queue(settings, A) as queue:
             (delivery,) = await read_all(queue, 1)
             assert await queue.start([(delivery, job)]) == ["run"]
-            onward = Message(job, dumps(11), time.time())
             timing = dumps(
                 {
                     "stage": A,
@@ -136,23 +134,22 @@ def test_next_hands_off_to_the_next_stage_in_the_same_step(
                     "started_at": time.time(),
                 }
             )
-            outcome = Outcome(delivery, job, "next", timing=timing, targets=[(B, onward)])
+            outcome = Outcome(delivery, job, "next", dumps(11), timing=timing, targets=(B,))
             assert await queue.finish([outcome]) == [True]
 
     run(first_stage())
     # One step: the first stage's entry is gone and acked, the second stage's is there.
     assert redis_client.xlen(KEYS.stream(0, A)) == 0
     assert pending(redis_client, KEYS.stream(0, A), A) == []
-    assert redis_client.hlen(KEYS.entries(0, A)) == 0
     ((entry_id, fields),) = redis_client.xrange(KEYS.stream(0, B))
     assert Message.decode(fields).job_id == job
     assert Message.decode(fields).value() == 11
-    assert redis_client.hgetall(KEYS.entries(0, B)) == {entry_id: job.encode()}
+    assert job_hash(redis_client, settings, job)["entry"] == entry_id.decode()
     stored = job_hash(redis_client, settings, job)
     assert stored["status"] == "running"
     assert stored["stage"] == B
     assert "result" not in stored
-    assert loads(stored[f"t:{A}"])["stage"] == A
+    assert loads(stored["timings"])["stage"] == A
     assert redis_client.ttl(KEYS.job(job)) == -1
     assert stats(redis_client)[f"{A}:next"] == 1
 
@@ -175,7 +172,7 @@ def test_one_finish_call_ends_a_mixed_batch(redis_client: redis.Redis, settings:
                 Outcome(d0, jobs[0], "done", dumps("zero")),
                 Outcome(d1, jobs[1], "failed", "boom"),
                 Outcome(d2, jobs[2], "expired", "too late"),
-                Outcome(d3, jobs[3], "next", targets=[(B, Message(jobs[3], b"3", 1.0))]),
+                Outcome(d3, jobs[3], "next", b"3", targets=(B,)),
             ]
             assert await queue.finish(outcomes) == [True] * 4
 
@@ -205,8 +202,7 @@ def test_finish_of_an_entry_that_is_not_ours_writes_nothing(
         ):
             (delivery,) = await read_all(owner, 1)
             await owner.start([(delivery, job)])
-            onward = [(B, Message(job, b"1", 1.0))]
-            outcome = Outcome(delivery, job, "next", targets=onward)
+            outcome = Outcome(delivery, job, "next", b"1", targets=(B,))
             assert await stranger.finish([outcome]) == [False]
             assert await stranger.finish([done(delivery, "stolen")]) == [False]
             assert redis_client.xlen(KEYS.stream(0, A)) == 1
@@ -286,10 +282,11 @@ def test_a_fenced_hand_off_adds_nothing_to_the_next_stage(
             (delivery,) = await read_all(slow, 1)
             await asyncio.sleep(0.15)
             (claimed,), _ = await rescuer.claim(10)
-            onward = [(B, Message(job, b"5", 1.0))]
-            assert await slow.finish([Outcome(delivery, job, "next", targets=onward)]) == [False]
+            onward = Outcome(delivery, job, "next", b"5", targets=(B,))
+            assert await slow.finish([onward]) == [False]
             assert redis_client.xlen(KEYS.stream(0, B)) == 0
-            assert await rescuer.finish([Outcome(claimed, job, "next", targets=onward)]) == [True]
+            onward.delivery = claimed
+            assert await rescuer.finish([onward]) == [True]
 
     run(scenario())
     assert redis_client.xlen(KEYS.stream(0, B)) == 1  # handed on exactly once
@@ -413,13 +410,12 @@ def test_a_fan_out_is_joined_once_when_every_branch_is_in(
     merge = KEYS.stream(0, "fan.merge")
 
     def join(delivery: Delivery, branch: str, value: object) -> Outcome:
-        entry = Message(job, b"", time.time())
         return Outcome(
             delivery,
             job,
             "join",
             dumps(value),
-            targets=[("fan.merge", entry)],
+            targets=("fan.merge",),
             branch=branch,
             fan_in=2,
         )
@@ -427,8 +423,7 @@ def test_a_fan_out_is_joined_once_when_every_branch_is_in(
     async def scenario() -> None:
         async with stage_queue(settings, "fan.split") as split:
             (delivery,) = await read_all(split, 1)
-            onward = Message(job, b"3", time.time())
-            fan_out = Outcome(delivery, job, "next", targets=[("fan.x", onward), ("fan.y", onward)])
+            fan_out = Outcome(delivery, job, "next", b"3", targets=("fan.x", "fan.y"))
             assert await split.finish([fan_out]) == [True]
         assert redis_client.xlen(KEYS.stream(0, "fan.x")) == 1
         assert redis_client.xlen(KEYS.stream(0, "fan.y")) == 1

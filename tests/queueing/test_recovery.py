@@ -10,11 +10,12 @@ import re
 import pytest
 import redis
 
+from queueing.client import Client
 from queueing.errors import JobFailed
 from queueing.keys import Keys
 from queueing.message import Message, job_id_of
 from queueing.settings import Settings
-from queueing.streams import Outcome
+from queueing.streams import Outcome, too_many_attempts
 
 from .helpers import (
     done,
@@ -32,7 +33,6 @@ from .helpers import (
 KEYS = Keys()
 STAGE = "echo.run"
 STREAM = KEYS.stream(0, STAGE)
-ENTRIES = KEYS.entries(0, STAGE)
 DEAD = KEYS.dead(0, STAGE)
 
 
@@ -48,20 +48,21 @@ def _fields(raw: dict[bytes, bytes]) -> dict[str, bytes]:
 def test_touch_keeps_a_live_consumers_entries_from_being_claimed(
     redis_client: redis.Redis, settings: Settings
 ) -> None:
-    """Two entries read together; only one is touched half-way through the visibility
-    timeout. At a moment past the timeout for the untouched one, only it is claimed."""
+    """Four entries read together; three are touched (in one call) half-way through the
+    visibility timeout. At a moment past the timeout for the untouched one, only it is
+    claimed."""
     visibility = settings.replace(visibility_timeout_s=1.5)
-    kept, lost = submit(settings, "echo", "kept", "lost")
+    kept, lost, *also_kept = submit(settings, "echo", "kept", "lost", "kept 2", "kept 3")
 
     async def scenario() -> None:
         async with (
             stage_queue(visibility, STAGE, "busy") as busy,
             stage_queue(visibility, STAGE, "idle") as other,
         ):
-            deliveries = await read_all(busy, 2)
+            deliveries = await read_all(busy, 4)
             by_job = {job_of(d): d for d in deliveries}
             await asyncio.sleep(0.8)
-            await busy.touch([by_job[kept]])
+            await busy.touch([by_job[job] for job in (kept, *also_kept)])
             await asyncio.sleep(0.8)  # 1.6 s since the read (> 1.5), 0.8 s since the touch
             claimed, dead = await other.claim(10)
             assert dead == 0
@@ -71,7 +72,7 @@ def test_touch_keeps_a_live_consumers_entries_from_being_claimed(
                 for p in pending(redis_client, STREAM, STAGE)
             }
             assert owners == {
-                by_job[kept].entry_id: b"busy",
+                **{by_job[job].entry_id: b"busy" for job in (kept, *also_kept)},
                 by_job[lost].entry_id: b"idle",
             }
             # The kept entry is still ours to finish; the lost one is not.
@@ -125,12 +126,15 @@ def test_an_entry_past_max_deliveries_is_dead_lettered_and_its_job_fails(
             for n in range(1, 10):
                 await asyncio.sleep(0.1)  # whoever holds it stalls past the visibility timeout
                 async with stage_queue(quick, STAGE, f"w{n}") as rescuer:
-                    claimed, dead = await rescuer.claim(10)
-                    if dead:
-                        assert (claimed, dead) == ([], 1)
-                        break
+                    claimed, gone = await rescuer.claim(10)
+                    assert gone == 0
                     assert [d.entry_id for d in claimed] == [delivery.entry_id]
-                    assert await rescuer.start([(claimed[0], job)]) == ["run"]
+                    if await rescuer.start([(claimed[0], job)]) == ["dead"]:
+                        # (what a worker does when START says so)
+                        reason = too_many_attempts(quick.max_deliveries)
+                        dead = Outcome(claimed[0], job, "dead", reason)
+                        assert await rescuer.finish([dead]) == [True]
+                        break
                     holders.append(rescuer.consumer)
             # Neither the first holder nor the last can finish it any more.
             assert await first.finish([done(delivery, "late")]) == [False]
@@ -146,19 +150,20 @@ def test_an_entry_past_max_deliveries_is_dead_lettered_and_its_job_fails(
     # Gone from the stage, kept in its dead-letter stream with the reason and the payload.
     assert redis_client.xlen(STREAM) == 0
     assert pending(redis_client, STREAM, STAGE) == []
-    assert redis_client.hlen(ENTRIES) == 0
     ((_, raw),) = redis_client.xrange(DEAD)
     letter = _fields(raw)
     assert b"dead-lettered" in letter["reason"]
-    assert letter["deliveries"] == b"3"
     assert letter["job"] == job.encode()
     assert Message.decode(raw).value() == {"poison": True}
     assert redis_client.hget(KEYS.stats(0), f"{STAGE}:dead") == b"1"
 
 
-def test_a_pending_entry_whose_payload_was_deleted_fails_its_job_on_claim(
+def test_a_pending_entry_whose_payload_was_deleted_fails_its_job_once_waited_for(
     redis_client: redis.Redis, settings: Settings
 ) -> None:
+    """An entry deleted from outside (an XTRIM) while pending names no job any more: the claim
+    drops it from the group. Its job does not wait for ever: a waiter's re-check of a job live
+    past the visibility timeout finds its current entry gone and fails it."""
     quick = settings.replace(visibility_timeout_s=0.05)
     job = submit(settings, "echo", 1)[0]
 
@@ -170,21 +175,22 @@ def test_a_pending_entry_whose_payload_was_deleted_fails_its_job_on_claim(
             assert await b.claim(10) == ([], 1)
 
     run(scenario())
+    assert pending(redis_client, STREAM, STAGE) == []
+    assert job_hash(redis_client, settings, job)["status"] == "queued"
+    with Client(quick) as client, pytest.raises(JobFailed, match="deleted"):
+        client.job(job).result(timeout=10)
     record = job_hash(redis_client, settings, job)
     assert record["status"] == "failed"
     assert "deleted" in record["error"]
-    assert pending(redis_client, STREAM, STAGE) == []
-    assert redis_client.hlen(ENTRIES) == 0
-    with pytest.raises(JobFailed, match="deleted"):
-        outcome(redis_client, settings, job)
 
 
-def test_an_own_pending_entry_whose_payload_was_deleted_fails_its_job(
+def test_an_own_pending_entry_whose_payload_was_deleted_is_dead_lettered(
     redis_client: redis.Redis, settings: Settings
 ) -> None:
     """A restarted consumer re-reads its pending entries; one whose payload is gone comes
-    back without fields. Finishing it as 'dead' without a job id fails the job all the same
-    (the stage's entries hash knows whose entry it was)."""
+    back without fields. Finishing it as 'dead' without a job id acks it and dead-letters
+    it; its job fails once waited for (as above)."""
+    quick = settings.replace(visibility_timeout_s=0.05)
     job = submit(settings, "echo", 1)[0]
     entry_ids: list[str] = []
 
@@ -201,14 +207,12 @@ def test_an_own_pending_entry_whose_payload_was_deleted_fails_its_job(
             assert await queue.finish([outcome]) == [True]
 
     run(scenario())
-    record = job_hash(redis_client, settings, job)
-    assert record["status"] == "failed"
-    assert record["error"] == "undecodable entry: it has no fields"
     assert pending(redis_client, STREAM, STAGE) == []
-    assert redis_client.hlen(ENTRIES) == 0
     ((_, letter),) = redis_client.xrange(DEAD)
     assert letter[b"entry"] == entry_ids[0].encode()
     assert letter[b"reason"] == b"undecodable entry: it has no fields"
+    with Client(quick) as client, pytest.raises(JobFailed, match="deleted"):
+        client.job(job).result(timeout=10)
 
 
 def test_a_dead_outcome_for_a_garbage_entry_fails_its_job_and_acks_it(

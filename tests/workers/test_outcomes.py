@@ -123,7 +123,6 @@ def test_undecodable_entries_fail_their_job_go_dead_and_the_worker_goes_on(
     victims = client.submit_many("t_batch", [{"x": 100}, {"x": 101}])
     for entry_id, _ in redis_client.xrange(stream):
         redis_client.xdel(stream, entry_id)
-        redis_client.hdel(KEYS.entries(0, STAGE), entry_id)
 
     def garbage(fields: dict[str, bytes | str]) -> None:
         redis_client.xadd(stream, fields)

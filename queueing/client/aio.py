@@ -1,0 +1,312 @@
+"""The asyncio client: :class:`AsyncClient` and its job handle :class:`AsyncJob`.
+
+This module is the source of the blocking twin, :mod:`queueing.client.sync`, which
+``scripts/unasync`` generates from it (``--check`` in ``scripts/check`` fails if the two have
+drifted): write the client here, in a shape that stays true without ``async``/``await``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
+
+import redis.asyncio
+import redis.exceptions
+
+from queueing.client.core import SUBMIT_CHUNK, Core, SubmitPlan
+from queueing.connection import broker_errors, connect_async
+from queueing.errors import ResultTimeout, UnknownJob
+from queueing.jobs import JobRecord, JobStatus, Snapshot
+from queueing.message import decode_result
+from queueing.registry import PipelineSpec, lookup, parse_registry
+from queueing.scripts import CANCEL, ORPHAN, SUBMIT, WATCH
+from queueing.settings import Settings
+from queueing.waiters import RECHECK_S, AsyncListener, AsyncWaiter
+
+
+class AsyncJob:
+    """A submitted job."""
+
+    def __init__(self, client: AsyncClient, job_id: str, *, watched: bool = False) -> None:
+        self.client = client
+        self.id = job_id
+        self._watched = watched
+        """Whether the job's end wakes this client (it submitted it, or WATCHed it)."""
+
+    def __repr__(self) -> str:
+        return f"AsyncJob({self.id!r})"
+
+    async def info(self) -> JobRecord:
+        """The job's record; UnknownJob if it does not exist (or expired)."""
+        return (await self.snapshot()).record()
+
+    async def snapshot(self) -> Snapshot:
+        """The job's record as stored (undecoded); UnknownJob if there is none."""
+        with broker_errors():
+            raw = await self.client.redis.hgetall(self.client.core.keys.job(self.id))
+        return self.client.core.snapshot(self.id, raw)
+
+    async def status(self) -> JobStatus:
+        return (await self.info()).status
+
+    async def cancel(self) -> JobStatus:
+        return await self.client.cancel(self.id)
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """Wait for the job's result: JobFailed / JobExpired / JobCancelled if it has none,
+        ResultTimeout if ``timeout`` seconds pass first (the job goes on). A tensor result is
+        a numpy array."""
+        return decode_result((await self.ended(timeout)).outcome())
+
+    async def wait(self, timeout: float | None = None) -> JobRecord:
+        """Wait until the job has ended and return its record (ResultTimeout if not)."""
+        return (await self.ended(timeout)).record()
+
+    async def ended(self, timeout: float | None = None) -> Snapshot:
+        """Wait until the job has ended; the job as it ended (ResultTimeout if not)."""
+        listener = await self.client.listener()
+        waiter = listener.register(self.id)
+        try:
+            limit = None if timeout is None else time.monotonic() + timeout
+            if not self._watched and (await self._watch()).finished:
+                return await self.snapshot()  # it ended before it was watched
+            while (notice := waiter.notice) is None:
+                remaining = None if limit is None else limit - time.monotonic()
+                await waiter.wait(RECHECK_S if remaining is None else min(remaining, RECHECK_S))
+                if waiter.notice is None:
+                    # Woken without a notice (the listener reconnected), or a while has
+                    # passed: the record says whether the notice was lost.
+                    found = await self.client.recheck([self.id])
+                    if found:
+                        return found[0]
+                    if limit is not None and time.monotonic() >= limit:
+                        raise ResultTimeout(self.id, timeout or 0.0)
+            return notice
+        finally:
+            listener.unregister(waiter)
+
+    async def _watch(self) -> JobStatus:
+        """Have the job's end wake this client; its status now."""
+        keys, args = self.client.core.watch_call(self.id)
+        with broker_errors():
+            reply = await self.client._watch(keys=keys, args=args)
+        if reply is None:
+            raise UnknownJob(self.id)
+        self._watched = True
+        return JobStatus(reply.decode())
+
+
+class AsyncClient:
+    """Enqueue jobs and read their results, straight from Redis.
+
+    ``AsyncClient()`` reads ``REDIS_URL`` and ``BATCHLINE_*`` from the environment; pass a
+    :class:`Settings` or ``url=`` to choose. Use it as a context manager, or call ``close()``.
+    """
+
+    def __init__(self, settings: Settings | None = None, *, url: str | None = None) -> None:
+        settings = settings or Settings.from_env()
+        if url is not None:
+            settings = settings.replace(redis_url=url)
+        self.core = Core(settings)
+        self.redis = connect_async(settings)
+        self._submit = self.redis.register_script(SUBMIT)
+        self._cancel = self.redis.register_script(CANCEL)
+        self._watch = self.redis.register_script(WATCH)
+        self._orphan = self.redis.register_script(ORPHAN)
+        self._listener: AsyncListener | None = None
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
+        await self.redis.aclose()
+
+    async def listener(self) -> AsyncListener:
+        """This client's wake-up listener, subscribed."""
+        if self._listener is None:
+            self._listener = AsyncListener(self.redis, self.core.channel)
+        with broker_errors():
+            await self._listener.start()
+        return self._listener
+
+    async def pipelines(self, *, refresh: bool = True) -> dict[str, PipelineSpec]:
+        """The registered pipelines by name."""
+        if refresh or not self.core.specs:
+            with broker_errors():
+                self.core.specs = parse_registry(await self.redis.hgetall(self.core.keys.registry))
+        return self.core.specs
+
+    async def pipeline(self, name: str) -> PipelineSpec:
+        """A registered pipeline (UnknownPipeline if there is none of that name)."""
+        if name not in self.core.specs:
+            await self.pipelines()
+        return lookup(self.core.specs, name)
+
+    async def submit(
+        self,
+        pipeline: str,
+        input: Any,
+        *,
+        timeout_s: float | None = None,
+        deadline: float | None = None,
+        idempotency_key: str | None = None,
+        owner: str | None = None,
+    ) -> AsyncJob:
+        """Enqueue one input. ``timeout_s`` (from now) or ``deadline`` (unix seconds) bound
+        when a worker may still start it; ``idempotency_key`` makes retries return the same
+        job (the same key with another input raises IdempotencyConflict)."""
+        jobs = await self.submit_many(
+            pipeline,
+            [input],
+            timeout_s=timeout_s,
+            deadline=deadline,
+            idempotency_keys=[idempotency_key],
+            owner=owner,
+        )
+        return jobs[0]
+
+    async def submit_many(
+        self,
+        pipeline: str,
+        inputs: Iterable[Any],
+        *,
+        timeout_s: float | None = None,
+        deadline: float | None = None,
+        idempotency_keys: Sequence[str | None] | None = None,
+        owner: str | None = None,
+    ) -> list[AsyncJob]:
+        """Enqueue several inputs in one round trip, each its own job; all or none (QueueFull)
+        within a partition (inputs without an idempotency key share one)."""
+        await self.listener()  # subscribed before anything can finish
+        plan = SubmitPlan(self.core)
+        plan.add(
+            await self.pipeline(pipeline),
+            list(inputs),
+            timeout_s=timeout_s,
+            deadline=deadline,
+            idempotency_keys=idempotency_keys,
+            owner=owner,
+        )
+        (ids,) = await self.send(plan)
+        if isinstance(ids, Exception):
+            raise ids
+        return [AsyncJob(self, job_id, watched=created) for job_id, created in ids]
+
+    async def send(self, plan: SubmitPlan) -> list[list[tuple[str, bool]] | Exception]:
+        """Run a plan's SUBMIT calls in one round trip; per request, its jobs (id, created)
+        or the error it met. The listener must be subscribed first."""
+        with broker_errors():
+            if len(plan.calls) == 1:  # the usual case: no pipeline, no SCRIPT EXISTS before it
+                keys, args = plan.calls[0].pack()
+                replies = [await self._submit(keys=keys, args=args)]
+            else:
+                pipe = self.redis.pipeline(transaction=False)
+                for call in plan.calls:
+                    keys, args = call.pack()
+                    await self._submit(keys=keys, args=args, client=pipe)
+                replies = await pipe.execute(raise_on_error=False)
+            await self._wait_for_aof()
+        return plan.results(replies)
+
+    async def _wait_for_aof(self) -> None:
+        if self.core.waitaof:
+            try:
+                reply = await self.redis.execute_command("WAITAOF", 1, 0, 5000)
+            except redis.exceptions.ResponseError as exc:
+                self.core.waitaof_failed(exc)
+            else:
+                self.core.check_waitaof(reply)
+
+    async def job(self, job_id: str) -> AsyncJob:
+        """A handle on an existing job (UnknownJob if there is none)."""
+        job = AsyncJob(self, self.core.check_job_id(job_id))
+        await job.info()
+        return job
+
+    async def cancel(self, job_id: str) -> JobStatus:
+        """Cancel a job: a queued one never reaches a model. Returns the status after."""
+        keys, args = self.core.cancel_call(job_id)
+        with broker_errors():
+            reply = await self._cancel(keys=keys, args=args)
+        return self.core.cancel_reply(job_id, reply)
+
+    async def recheck(self, job_ids: Sequence[str]) -> list[Snapshot]:
+        """Read the records of jobs waited on without a notice; those that have ended. A job
+        live for longer than the visibility timeout is checked for a deleted stream entry
+        (which fails it: see ``queueing/lua/orphan.lua``)."""
+        with broker_errors():
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.hgetall(self.core.keys.job(job_id))
+            raws = await pipe.execute()
+        ended = []
+        for job_id, raw in zip(job_ids, raws, strict=True):
+            snapshot = self.core.snapshot(job_id, raw)
+            if snapshot.status.finished:
+                ended.append(snapshot)
+                continue
+            call = self.core.orphan_call(snapshot)
+            if call is not None:
+                with broker_errors():
+                    failed = await self._orphan(keys=call[0], args=call[1])
+                if failed:
+                    ended.append(await AsyncJob(self, job_id).snapshot())
+        return ended
+
+    async def map(
+        self,
+        pipeline: str,
+        inputs: Iterable[Any],
+        *,
+        max_in_flight: int = 1000,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[Any]:
+        """Submit every input, keeping at most ``max_in_flight`` unfinished, and yield the
+        results in input order. A job that failed raises its JobError when its turn comes."""
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be >= 1")
+        listener = await self.listener()
+        source = iter(inputs)
+        in_flight: list[AsyncWaiter] = []
+        head = 0
+        refill_at = max(1, min(SUBMIT_CHUNK, max_in_flight) // 2)
+        exhausted = False
+        try:
+            while True:
+                room = max_in_flight - (len(in_flight) - head)
+                if not exhausted and room >= refill_at:
+                    chunk = list(itertools.islice(source, min(room, SUBMIT_CHUNK)))
+                    exhausted = not chunk
+                    if chunk:
+                        jobs = await self.submit_many(pipeline, chunk, timeout_s=timeout_s)
+                        in_flight += [listener.register(job.id) for job in jobs]
+                        continue
+                if head == len(in_flight):
+                    break
+                waiter = in_flight[head]
+                if waiter.notice is None:
+                    await waiter.wait(RECHECK_S)
+                if waiter.notice is None:
+                    # No notice within RECHECK_S (or the listener reconnected): re-read the
+                    # records of every job in flight that has none.
+                    silent = {w.job_id: w for w in in_flight[head:] if w.notice is None}
+                    for snapshot in await self.recheck(list(silent)):
+                        silent[snapshot.job_id].wake(snapshot)
+                    continue
+                head += 1
+                listener.unregister(waiter)
+                if head > SUBMIT_CHUNK:
+                    del in_flight[:head]
+                    head = 0
+                yield decode_result(waiter.notice.outcome())
+        finally:
+            for waiter in in_flight[head:]:
+                listener.unregister(waiter)

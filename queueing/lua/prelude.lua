@@ -1,0 +1,73 @@
+-- Shared by the scripts that add entries or end jobs (prepended to them by queueing/scripts.py).
+--
+-- A job's hash: status, pipeline, stage, created_at, reply (the waiters' channels), entry (its
+-- current stream entry: '' while a fan-out's branches are in flight), started_at, timings (the
+-- stages' timing objects, comma-joined), a:<stage> (attempts), then result or error,
+-- finished_at and final_stage once it has ended.
+
+local LIVE = {queued = true, running = true}
+local notices = {}
+
+-- XADD one entry for a stage: the fields Message.decode reads.
+local function add_entry(stream, job_id, data, now, deadline, fmt)
+  local fields = {'job', job_id, 'data', data, 'at', now}
+  if deadline ~= '' then fields[#fields + 1] = 'dl'; fields[#fields + 1] = deadline end
+  if fmt ~= '' then fields[#fields + 1] = 'fmt'; fields[#fields + 1] = fmt end
+  return redis.call('XADD', stream, '*', unpack(fields))
+end
+
+-- 'a' and 'b' joined by a comma (either may be empty).
+local function joined(a, b)
+  if a == '' or a == false then return b end
+  if b == '' then return a end
+  return a .. ',' .. b
+end
+
+-- End a live job and queue its wake-up for every waiter's channel (sent by flush_notices). The
+-- notice is the whole job document, so no waiter has to read the record back:
+-- '<job> <status> <stage> <pipeline> <created_at> <started_at> <finished_at> <#timings> <#value>\n'
+-- then the timings and the value (result JSON, or the error text).
+-- state: the job's HMGET of status, reply, pipeline, created_at, started_at, timings.
+local function end_job(job, job_id, state, status, value, now, ttl, stage, timing)
+  local field = status == 'done' and 'result' or 'error'
+  local timings = joined(state[6], timing)
+  redis.call('HSET', job, 'status', status, field, value, 'finished_at', now, 'final_stage', stage,
+    'timings', timings)
+  redis.call('EXPIRE', job, ttl)
+  local reply = state[2]
+  if reply and reply ~= '' then
+    local notice = table.concat({job_id, status, stage, state[3] or '', state[4] or '',
+      state[5] or '', now, #timings, #value}, ' ') .. '\n' .. timings .. value
+    for channel in string.gmatch(reply, '%S+') do
+      local list = notices[channel]
+      if not list then list = {}; notices[channel] = list end
+      list[#list + 1] = notice
+    end
+  end
+end
+
+-- The fields end_job needs, in its order.
+local function job_state(job)
+  return redis.call('HMGET', job, 'status', 'reply', 'pipeline', 'created_at', 'started_at',
+    'timings')
+end
+
+-- One PUBLISH per channel for all the wake-ups of this call.
+local function flush_notices()
+  for channel, list in pairs(notices) do
+    redis.call('PUBLISH', channel, table.concat(list))
+  end
+end
+
+local function count(stats, stage, what, n)
+  if n > 0 then redis.call('HINCRBY', stats, stage .. ':' .. what, n) end
+end
+
+-- An argument reader: each call returns the next ARGV slot, from 'first' on.
+local function reader(first)
+  local at = first - 1
+  return function()
+    at = at + 1
+    return ARGV[at]
+  end, function() return at < #ARGV end
+end
