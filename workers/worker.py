@@ -4,6 +4,11 @@ until their streams are empty).
 SIGTERM / SIGINT: stop reading, finish and hand off the batches in hand, exit 0. SIGKILL:
 nothing is lost either; the entries this process held stay pending and a live worker claims
 them once the visibility timeout has passed without a heartbeat from this one.
+
+At start-up a worker waits for a server that is still loading its dataset, then publishes its
+pipelines and sweeps its stages (:mod:`queueing.housekeeping`: consumers and workers that are
+gone); the sweep repeats every :data:`SWEEP_EVERY` visibility timeouts. A heartbeat that fails
+while Redis is away is logged once, not per beat.
 """
 
 from __future__ import annotations
@@ -18,8 +23,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from queueing.connection import connect_async
-from queueing.keys import Keys
+from queueing import registry
+from queueing.connection import (
+    REDIS_DOWN,
+    OutageLog,
+    broker_errors,
+    connect_async,
+    wait_until_ready,
+)
+from queueing.housekeeping import Swept, sweep
 from queueing.settings import Settings
 from queueing.streams import StageQueue, consumer_name, heartbeat, retire
 from workers.device import limit_torch_threads, resolve_device, torch_threads
@@ -29,15 +41,14 @@ from workers.stage import Stage, Topology
 log = logging.getLogger(__name__)
 
 
+SWEEP_EVERY = 10
+"""Housekeeping runs at start-up and then every this many visibility timeouts."""
+
+
 async def publish(client: Any, settings: Settings, topologies: Sequence[Topology]) -> None:
     """Write the pipelines' specs to the registry and create their consumer groups, so that
     clients and gateways can submit before any worker of theirs has started reading."""
-    keys = Keys(settings.prefix)
-    if topologies:
-        await client.hset(keys.registry, mapping={t.spec.name: t.spec.encode() for t in topologies})
-    for topology in topologies:
-        for stage in topology.stages.values():
-            await StageQueue(client, settings, stage.name, "publisher").ensure_groups()
+    await registry.publish(client, settings, [topology.spec for topology in topologies])
 
 
 class Worker:
@@ -73,7 +84,9 @@ class Worker:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
         try:
-            await publish(client, self.settings, self.topologies)
+            await wait_until_ready(client, log, f"worker {self.consumer}: start-up")
+            with broker_errors():
+                await publish(client, self.settings, self.topologies)
             # Only stages with a setup(device) hook need one (and torch imported to find it).
             needs_device = any(stage.needs_device for stage in self.stages)
             device = resolve_device(self.settings.device) if needs_device else "cpu"
@@ -99,7 +112,9 @@ class Worker:
                 "device": device,
                 "started_at": time.time(),
             }
-            await heartbeat(client, self.settings, self.consumer, info)
+            with broker_errors():
+                await heartbeat(client, self.settings, self.consumer, info)
+            await self._sweep(client, OutageLog(log, f"worker {self.consumer}: housekeeping"))
             beats = asyncio.create_task(self._beat(client, info))
             log.info(
                 "worker %s: serving %s on %s",
@@ -115,7 +130,15 @@ class Worker:
                 beats.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await beats
-            await retire(client, self.settings, self.consumer)
+            try:
+                await retire(client, self.settings, self.consumer)
+            except REDIS_DOWN as exc:
+                log.warning(
+                    "worker %s: could not leave the worker registry (%s); housekeeping will "
+                    "prune it",
+                    self.consumer,
+                    exc,
+                )
             log.info(
                 "worker %s: stopped after %d items",
                 self.consumer,
@@ -128,9 +151,41 @@ class Worker:
             await client.aclose()
 
     async def _beat(self, client: Any, info: dict[str, Any]) -> None:
+        """Heartbeat of the worker registry; housekeeping every SWEEP_EVERY visibility
+        timeouts. Failures (Redis away) are logged once per outage, not per beat."""
+        beats = OutageLog(log, f"worker {self.consumer}: heartbeat")
+        sweeps = OutageLog(log, f"worker {self.consumer}: housekeeping")
+        sweep_every = SWEEP_EVERY * self.settings.visibility_timeout_s
+        next_sweep = time.monotonic() + sweep_every
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval_s)
-            try:
+            with beats.guard():
                 await heartbeat(client, self.settings, self.consumer, info)
-            except Exception:
-                log.exception("worker %s: heartbeat failed; retrying", self.consumer)
+            if time.monotonic() >= next_sweep and not beats.failing:
+                next_sweep = time.monotonic() + sweep_every
+                await self._sweep(client, sweeps)
+
+    async def _sweep(self, client: Any, outage: OutageLog) -> Swept:
+        """Forget this worker's stages' consumers and the workers that are gone (see
+        :mod:`queueing.housekeeping`); a failure is logged and left for the next sweep."""
+        swept = Swept()
+        with outage.guard():
+            swept = await sweep(client, self.settings, [stage.name for stage in self.stages])
+        if swept:
+            log.info(
+                "worker %s: housekeeping removed %d idle consumer(s)%s and %d gone worker(s)%s",
+                self.consumer,
+                len(swept.consumers),
+                _listed(f"{stage}/{name}" for stage, name in swept.consumers),
+                len(swept.workers),
+                _listed(swept.workers),
+            )
+        return swept
+
+
+def _listed(names: Any, most: int = 5) -> str:
+    names = list(names)
+    if not names:
+        return ""
+    shown = ", ".join(names[:most])
+    return f" ({shown}{', ...' if len(names) > most else ''})"
