@@ -9,6 +9,11 @@ Children run in their own sessions, so a Ctrl-C reaches this supervisor alone; i
 SIGTERM to every child (the gateway stops accepting, workers finish the batches in hand), waits
 for them, then stops the embedded server, whose AOF keeps whatever is still queued. If any
 child exits on its own, everything is stopped the same way (as a Procfile runner does).
+
+If the embedded server dies, it is restarted on the same socket and folder: its AOF brings back
+what was queued, and the gateway and workers reconnect by themselves. Past
+:data:`SERVER_RESTARTS` restarts within :data:`SERVER_RESTART_WINDOW_S`, or if a restart fails,
+everything is stopped with a message that says why.
 """
 
 from __future__ import annotations
@@ -22,18 +27,20 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, Any
 
-import redis
-
-from queueing.errors import ConfigError
+from queueing.errors import BatchlineError, ConfigError
 from queueing.server import EmbeddedServer
 from queueing.settings import Settings
 
 STOP_GRACE_S = 15.0
 """How long children get to stop after SIGTERM before they are killed."""
 _COLORS = ("36", "33", "32", "35", "34", "31")
+SERVER_RESTARTS = 5
+"""Most restarts of a dying embedded server within SERVER_RESTART_WINDOW_S."""
+SERVER_RESTART_WINDOW_S = 300.0
+SERVER_START_S = 600.0
+"""How long a restarted server may take to answer (it loads its AOF first)."""
 
 
 @dataclass
@@ -122,23 +129,66 @@ class Supervisor:
 
 def start_embedded(settings: Settings, output: Output) -> EmbeddedServer:
     """The embedded server under ``settings.data_dir``, unless one already answers there."""
-    socket = Path(settings.data_dir).resolve() / "redis.sock"
-    if socket.exists():
-        probe = redis.Redis(unix_socket_path=str(socket))
-        try:
-            alive = bool(probe.ping())
-        except redis.exceptions.ConnectionError:
-            alive = False
-        finally:
-            probe.close()
-        if alive:
-            raise ConfigError(
-                f"a server already answers on {socket} (another `batchline up`?): stop it, or "
-                f"set BATCHLINE_DATA_DIR to another folder, or REDIS_URL=unix://{socket} to use it"
-            )
-    server = EmbeddedServer(settings.data_dir, settings.redis_server).start()
+    server = EmbeddedServer(settings.data_dir, settings.redis_server)
+    if server.answers():
+        raise ConfigError(
+            f"a server already answers on {server.socket} (another `batchline up`?): stop it, "
+            f"or set BATCHLINE_DATA_DIR to another folder, or REDIS_URL={server.url} to use it"
+        )
+    server.start()
     output.line("redis", f"embedded server at {server.url} (AOF and log in {server.data_dir})")
     return server
+
+
+class ServerKeeper:
+    """Restarts the embedded server when it dies, on the same socket and folder (its AOF
+    brings back what was queued), at most ``restarts`` times within ``window_s``."""
+
+    def __init__(
+        self,
+        server: EmbeddedServer,
+        output: Output,
+        *,
+        restarts: int = SERVER_RESTARTS,
+        window_s: float = SERVER_RESTART_WINDOW_S,
+        start_s: float = SERVER_START_S,
+    ) -> None:
+        self.server = server
+        self.output = output
+        self.restarts = restarts
+        self.window_s = window_s
+        self.start_s = start_s
+        self.history: list[float] = []
+        """When each restart happened (monotonic seconds)."""
+
+    def check(self) -> str | None:
+        """None while the server runs (restarting it first if it has died); else why
+        everything must stop."""
+        code = self.server.poll()
+        if code is None:
+            return None
+        log_file = self.server.data_dir / "server.log"
+        now = time.monotonic()
+        self.history = [t for t in self.history if now - t < self.window_s]
+        if len(self.history) >= self.restarts:
+            return (
+                f"the embedded server died {len(self.history) + 1} times within "
+                f"{self.window_s:g}s (last exit code {code}); not restarting it again: "
+                f"see {log_file}"
+            )
+        self.history.append(now)
+        self.output.line(
+            "redis",
+            f"embedded server exited with code {code}; restarting it on the same socket, its "
+            f"AOF brings back what was queued (restart {len(self.history)} of at most "
+            f"{self.restarts} in {self.window_s:g}s; see {log_file})",
+        )
+        try:
+            self.server.start(timeout=self.start_s)
+        except BatchlineError as exc:
+            return f"could not restart the embedded server: {exc}"
+        self.output.line("redis", f"embedded server is back at {self.server.url}")
+        return None
 
 
 def run_up(
@@ -164,11 +214,13 @@ def run_up(
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     server: EmbeddedServer | None = None
+    keeper: ServerKeeper | None = None
     supervisor: Supervisor | None = None
     code = 0
     try:
         if not settings.redis_url:
             server = start_embedded(settings, output)
+            keeper = ServerKeeper(server, output)
             settings = settings.replace(redis_url=server.url)
         publish(settings)
         output.line("up", f"registered {', '.join(sorted(topologies)) or 'no pipelines'}")
@@ -192,6 +244,11 @@ def run_up(
             "Ctrl-C stops everything",
         )
         while not stopping.is_set():
+            failure = keeper.check() if keeper is not None else None
+            if failure is not None:
+                output.line("up", f"{failure}; stopping everything")
+                code = 1
+                break
             exited = supervisor.exited()
             if exited is not None:
                 output.line(
