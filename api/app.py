@@ -1,4 +1,4 @@
-"""The FastAPI app: ``create_app()`` builds it; ``app`` is the one ``uvicorn api.app:app`` runs.
+"""The gateway app: ``create_app()`` builds it; ``app`` is the one ``uvicorn api.app:app`` runs.
 
 Nothing connects, and no setting is read, at import: settings come from the environment (or the
 factory's argument) and the Redis client is opened in the lifespan, closed on shutdown.
@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import errors
+from api.fastpath import FastPath
 from api.gateway import Gateway
 from api.limits import BodyLimit
 from api.metrics import Metrics, RequestMetrics
@@ -29,8 +30,9 @@ or not what the pipeline's input schema says, with where), 429 and 503 (with `Re
 """
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """A gateway app. ``settings`` default to ``Settings.from_env()``, read at start-up."""
+def create_app(settings: Settings | None = None) -> FastPath:
+    """A gateway app: the FastAPI app (``.app``) behind the hot routes' fast path.
+    ``settings`` default to ``Settings.from_env()``, read at start-up."""
     metrics = Metrics()
 
     @asynccontextmanager
@@ -60,10 +62,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gateway: Gateway | None = getattr(app.state, "gateway", None)
         return (gateway.settings if gateway else Settings()).max_body_bytes
 
-    # Added last, run first: metrics see every request, including a 413.
+    # Added last, run first: metrics see every request, including a 413. The hot routes are
+    # served before all of FastAPI's layers, with the same limit, metrics and error mapping.
     app.add_middleware(BodyLimit, limit=body_limit)
     app.add_middleware(RequestMetrics, metrics=metrics)
-    return app
+    return FastPath(app, metrics=metrics, limit=body_limit)
 
 
 app = create_app()

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import redis.exceptions
@@ -169,12 +169,28 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return problem(500, "internal", "internal error; the gateway's log has the details")
 
 
+HANDLERS: dict[type[Exception], Callable[[Request, Exception], Awaitable[Response]]] = {
+    ApiError: _api_error,
+    BatchlineError: _batchline_error,
+    redis.exceptions.ConnectionError: _redis_unreachable,
+    redis.exceptions.TimeoutError: _redis_unreachable,
+    RequestValidationError: _validation_error,
+    StarletteHTTPException: _http_error,
+    Exception: _unexpected,
+}
+"""The mapping, by exception type (the most specific class in an exception's MRO wins)."""
+
+
+async def error_response(request: Request, exc: Exception) -> Response:
+    """The answer for ``exc`` (for routes served outside FastAPI's exception handling)."""
+    for cls in type(exc).__mro__:
+        handler = HANDLERS.get(cls)
+        if handler is not None:
+            return await handler(request, exc)
+    return await _unexpected(request, exc)
+
+
 def install(app: FastAPI) -> None:
     """Register the mapping above on ``app``."""
-    app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(BatchlineError, _batchline_error)
-    app.add_exception_handler(redis.exceptions.ConnectionError, _redis_unreachable)
-    app.add_exception_handler(redis.exceptions.TimeoutError, _redis_unreachable)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected)
+    for cls, handler in HANDLERS.items():
+        app.add_exception_handler(cls, handler)

@@ -180,6 +180,8 @@ class Gateway:
     async def _listening(self) -> None:
         """The result listener is subscribed (it reconnects by itself; while Redis is down
         this gives up after a moment instead of hanging the request)."""
+        if self.client.listening:
+            return
         try:
             async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
                 await self.client.listener()

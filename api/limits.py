@@ -28,24 +28,34 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         limit = self.limit()
-        declared = _content_length(scope)
-        if declared is not None and declared > limit:
+        if too_large(scope, limit):
             error = BodyTooLarge(limit)
             response = problem(error.status, error.code, error.message, **error.details)
             await response(scope, receive, send)
             return
-        received = 0
+        await self.app(scope, limited(receive, limit), send)
 
-        async def counted() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise BodyTooLarge(limit)
-            return message
 
-        await self.app(scope, counted, send)
+def limited(receive: Receive, limit: int) -> Receive:
+    """``receive``, raising BodyTooLarge once the body passes ``limit`` bytes."""
+    received = 0
+
+    async def counted() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise BodyTooLarge(limit)
+        return message
+
+    return counted
+
+
+def too_large(scope: Scope, limit: int) -> bool:
+    """Whether the request announces a body over ``limit`` bytes (Content-Length)."""
+    declared = _content_length(scope)
+    return declared is not None and declared > limit
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -135,6 +136,7 @@ class Metrics:
         self.waiting = Gauge(
             "batchline_http_waiting", "Requests waiting for a result now.", registry=r
         )
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.queue = _QueueCollector()
         r.register(self.queue)
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -153,6 +155,18 @@ class Metrics:
         for timing in job.timing_list():
             self.batch_size.labels(timing.stage).observe(timing.batch_size)
             self.queue_wait.labels(timing.stage).observe(timing.queue_wait_s)
+
+    def count_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """One HTTP request answered (its instruments looked up once per label set)."""
+        key = (method, route, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (
+                self.requests.labels(method, route, str(status)),
+                self.latency.labels(method, route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self, view: Overview | None) -> bytes:
         """The exposition text, with the queue's state from ``view`` (None: Redis is down)."""
@@ -185,6 +199,6 @@ class RequestMetrics:
             await self.app(scope, receive, send_counted)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
-            method = scope["method"]
-            self.metrics.requests.labels(method, route, str(status)).inc()
-            self.metrics.latency.labels(method, route).observe(time.perf_counter() - started)
+            self.metrics.count_request(
+                scope["method"], route, status, time.perf_counter() - started
+            )

@@ -74,6 +74,8 @@ def _caller(request: Request) -> tuple[Gateway, str | None]:
     """The gateway, and the caller's identity (None when auth is off); 401 without a valid
     key (``X-API-Key: <key>`` or ``Authorization: Bearer <key>``)."""
     gateway = cast(Gateway, request.app.state.gateway)
+    if not gateway.keys.enabled:
+        return gateway, None
     headers = request.headers
     presented = headers.get("x-api-key")
     if not presented:

@@ -78,10 +78,16 @@ class AsyncWaiter(_Waiting):
 
     async def wait(self, timeout: float | None) -> None:
         """See :meth:`Waiter.wait`."""
-        if timeout is None or timeout > 0:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self.event.wait()
+        if timeout is None:
+            await self.event.wait()
+        elif timeout > 0:
+            # A bare timer that wakes the wait (lighter than asyncio.timeout, which a gateway
+            # would pay on every request).
+            timer = asyncio.get_running_loop().call_later(timeout, self.event.set)
+            try:
+                await self.event.wait()
+            finally:
+                timer.cancel()
         self.event.clear()
 
 
@@ -164,6 +170,11 @@ class Listener:
                 f"could not subscribe to {self.channel}: {self._error or 'timed out'}"
             )
 
+    @property
+    def ready(self) -> bool:
+        """Whether it has subscribed (it resubscribes by itself after a disconnection)."""
+        return self._ready.is_set()
+
     def register(self, job_id: str) -> Waiter:
         waiter = Waiter(job_id)
         with self._lock:
@@ -230,6 +241,11 @@ class AsyncListener:
             raise redis.exceptions.ConnectionError(
                 f"could not subscribe to {self.channel} within {timeout}s"
             ) from None
+
+    @property
+    def ready(self) -> bool:
+        """Whether it has subscribed (it resubscribes by itself after a disconnection)."""
+        return self._ready is not None and self._ready.is_set()
 
     def register(self, job_id: str) -> AsyncWaiter:
         waiter = AsyncWaiter(job_id)

@@ -131,11 +131,18 @@ class AsyncClient:
 
     async def listener(self) -> AsyncListener:
         """This client's wake-up listener, subscribed."""
+        if self._listener is not None and self._listener.ready:
+            return self._listener
         if self._listener is None:
             self._listener = AsyncListener(self.redis, self.core.channel)
         with broker_errors():
             await self._listener.start()
         return self._listener
+
+    @property
+    def listening(self) -> bool:
+        """Whether the wake-up listener has subscribed."""
+        return self._listener is not None and self._listener.ready
 
     async def pipelines(self, *, refresh: bool = True) -> dict[str, PipelineSpec]:
         """The registered pipelines by name."""

@@ -23,6 +23,14 @@ local function joined(a, b)
   return a .. ',' .. b
 end
 
+local function queue_notice(channel, head, timings, value)
+  local list = notices[channel]
+  if not list then list = {}; notices[channel] = list end
+  list[#list + 1] = head
+  list[#list + 1] = timings
+  list[#list + 1] = value
+end
+
 -- End a live job and queue its wake-up for every waiter's channel (sent by flush_notices). The
 -- notice is the whole job document, so no waiter has to read the record back:
 -- '<job> <status> <stage> <pipeline> <created_at> <started_at> <finished_at> <#timings> <#value>\n'
@@ -35,14 +43,14 @@ local function end_job(job, job_id, state, status, value, now, ttl, stage, timin
     'timings', timings)
   redis.call('EXPIRE', job, ttl)
   local reply = state[2]
-  if reply and reply ~= '' then
-    local notice = table.concat({job_id, status, stage, state[3] or '', state[4] or '',
-      state[5] or '', now, #timings, #value}, ' ') .. '\n' .. timings .. value
-    for channel in string.gmatch(reply, '%S+') do
-      local list = notices[channel]
-      if not list then list = {}; notices[channel] = list end
-      list[#list + 1] = notice
-    end
+  if not reply or reply == '' then return end
+  -- (kept as parts, joined once per channel by flush_notices: a value is copied once)
+  local head = table.concat({job_id, status, stage, state[3] or '', state[4] or '',
+    state[5] or '', now, #timings, #value}, ' ') .. '\n'
+  if not string.find(reply, ' ', 1, true) then
+    queue_notice(reply, head, timings, value)
+  else
+    for channel in string.gmatch(reply, '%S+') do queue_notice(channel, head, timings, value) end
   end
 end
 
