@@ -19,8 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import redis.exceptions
-
+from queueing.connection import REDIS_DOWN, OutageLog
 from queueing.errors import DecodeError
 from queueing.jobs import StageTiming
 from queueing.message import Message, dumps, job_id_of
@@ -40,7 +39,6 @@ from workers.stage import Route, Stage
 
 log = logging.getLogger(__name__)
 
-REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 RETRY_S = 0.5
 MIN_POLL_S = 0.0005
 T = TypeVar("T")
@@ -94,6 +92,8 @@ class StageLoop:
         self.done = asyncio.Event()
         self._stop = asyncio.Event()
         self._recovered: deque[Delivery] = deque()
+        self._beat_log = OutageLog(log, f"stage {stage.name}: heartbeat")
+        self._io_log = OutageLog(log, f"stage {stage.name}: redis")
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -345,14 +345,17 @@ class StageLoop:
         Once the worker is stopping, give up instead (_Abandon): what it holds stays pending."""
         while True:
             try:
-                return await call()
+                result = await call()
             except REDIS_DOWN as exc:
                 if self._stop.is_set():
                     raise _Abandon from exc
-                log.warning("stage %s: cannot %s (%s); retrying", self.stage.name, what, exc)
+                self._io_log.failed(exc)  # once per outage, then rarely (not per retry)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(RETRY_S):
                         await self._stop.wait()
+            else:
+                self._io_log.succeeded()
+                return result
 
     # -- liveness ----------------------------------------------------------------------------
 
@@ -364,10 +367,8 @@ class StageLoop:
                     await stop.wait()
             if stop.is_set():
                 return
-            try:
+            with self._beat_log.guard():
                 await self.beat()
-            except Exception:
-                log.exception("stage %s: heartbeat failed; retrying", self.stage.name)
 
     async def beat(self) -> None:
         """Keep this consumer's entries its own, and take over those of dead consumers."""
