@@ -16,6 +16,7 @@ import jsonschema
 import orjson
 
 from api.errors import InvalidInput
+from queueing.client.core import MAX_SUBMIT_MANY
 from queueing.errors import ConfigError
 from queueing.registry import PipelineSpec
 
@@ -87,6 +88,11 @@ def parse_submission(body: bytes, *, allow_many: bool = True) -> Submission:
                     "message": f"expected a non-empty array, got {_json_type(inputs)}",
                 }
             ],
+        )
+    if len(inputs) > MAX_SUBMIT_MANY:
+        raise InvalidInput(
+            f'"inputs" holds {len(inputs)} inputs; one request takes at most {MAX_SUBMIT_MANY}',
+            [{"where": "body.inputs", "message": f"at most {MAX_SUBMIT_MANY} items"}],
         )
     return Submission(inputs, True, None if timeout_s is None else float(timeout_s))
 

@@ -39,6 +39,7 @@ def error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
         (b"{}", "body", "exactly one"),
         (b'{"inputs": []}', "body.inputs", "non-empty"),
         (b'{"inputs": {"a": 1}}', "body.inputs", "non-empty"),
+        (b'{"inputs": [' + b",".join([b"1"] * 10_001) + b"]}", "body.inputs", "at most 10000"),
         (b'{"input": 1, "timeout_s": 0}', "body.timeout_s", "timeout_s"),
         (b'{"input": 1, "timeout_s": "soon"}', "body.timeout_s", "timeout_s"),
     ],
@@ -88,6 +89,13 @@ def test_a_bad_query_or_header_is_422(http: httpx.Client) -> None:
         422,
         "invalid_input",
     )
+    # An empty key would be one key shared by every caller.
+    doc = error(
+        http.post("/v1/pipelines/echo", json={"input": 1}, headers={"Idempotency-Key": ""}),
+        422,
+        "invalid_input",
+    )
+    assert doc["errors"][0]["where"] == "header.Idempotency-Key"
 
 
 def test_unknown_pipelines_and_jobs_are_404(http: httpx.Client) -> None:
