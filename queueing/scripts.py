@@ -62,11 +62,14 @@ class Start(enum.StrEnum):
     """Its record is gone."""
 
 
+def _entry_order(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq)
+
+
 def entry_range(entry_ids: Sequence[str]) -> tuple[str, str]:
     """The lowest and highest of some stream entry ids (``<ms>-<seq>``)."""
-    parsed = sorted(tuple(map(int, e.split("-"))) for e in entry_ids)
-    (low_ms, low_seq), (high_ms, high_seq) = parsed[0], parsed[-1]
-    return f"{low_ms}-{low_seq}", f"{high_ms}-{high_seq}"
+    return min(entry_ids, key=_entry_order), max(entry_ids, key=_entry_order)
 
 
 # -- SUBMIT ------------------------------------------------------------------------------------
@@ -117,7 +120,7 @@ class SubmitCall:
         ]
         n_jobs = sum(len(group) for group in self.groups)
         for group in self.groups:
-            args.append(len(group))
+            args += [len(group), int(any(job.idempotency_key is not None for job in group))]
             for job in group:
                 keys.append(job.key)
                 slot = 0
@@ -190,7 +193,7 @@ def finish_call(
         return slots[key]
 
     lowest, highest = entry_range([item.entry_id for item in items])
-    args: list[Any] = [group, consumer, now, ttl, stage, lowest, highest]
+    args: list[Any] = [group, consumer, now, ttl, stage, lowest, highest, len(items)]
     for item in items:
         args += [item.entry_id, item.job_id, item.kind, item.value, item.timing, item.deadline]
         if item.kind == Kind.NEXT:

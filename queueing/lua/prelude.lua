@@ -10,6 +10,9 @@ local notices = {}
 
 -- XADD one entry for a stage: the fields Message.decode reads.
 local function add_entry(stream, job_id, data, now, deadline, fmt)
+  if deadline == '' and fmt == '' then  -- (the usual entry, without a table to build)
+    return redis.call('XADD', stream, '*', 'job', job_id, 'data', data, 'at', now)
+  end
   local fields = {'job', job_id, 'data', data, 'at', now}
   if deadline ~= '' then fields[#fields + 1] = 'dl'; fields[#fields + 1] = deadline end
   if fmt ~= '' then fields[#fields + 1] = 'fmt'; fields[#fields + 1] = fmt end
