@@ -84,6 +84,10 @@ def never_started(deliveries: int) -> str:
     )
 
 
+_START_ANSWERS = {answer.value.encode(): answer for answer in Start}
+"""START's replies (bytes) as :class:`Start` (a dict lookup, not an Enum call per item)."""
+
+
 def consumer_name(settings: Settings) -> str:
     """This process's consumer name: the configured one, else host-pid."""
     return settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
@@ -103,6 +107,9 @@ class StageQueue:
         self.consumer = consumer
         self.partitions = range(settings.partitions)
         self._streams = {self.keys.stream(p, stage): p for p in self.partitions}
+        self._job_prefixes = [self.keys.job_prefix(p) for p in self.partitions]
+        self._targets: dict[tuple[int, str], str] = {}
+        """Stream keys of the stages this one hands to, by (partition, stage)."""
         self._start = client.register_script(START)
         self._finish = client.register_script(FINISH)
         self._touch = client.register_script(TOUCH)
@@ -144,7 +151,7 @@ class StageQueue:
         answers: list[Start] = [Start.MISSING] * len(deliveries)
         now = repr(time.time())
         for partition, indexes in _by_partition(delivery for delivery, _ in deliveries).items():
-            prefix = self.keys.job_prefix(partition)
+            prefix = self._job_prefixes[partition]
             keys, args = start_call(
                 [prefix + deliveries[i][1] for i in indexes],
                 now,
@@ -153,7 +160,7 @@ class StageQueue:
             )
             reply = await self._start(keys=keys, args=args)
             for i, status in zip(indexes, reply, strict=True):
-                answers[i] = Start(status.decode())
+                answers[i] = _START_ANSWERS[status]
         return answers
 
     async def finish(self, outcomes: Sequence[Outcome]) -> list[bool]:
@@ -183,7 +190,9 @@ class StageQueue:
         job_id = outcome.job_id
         targets: list[Target] = []
         for stage in outcome.targets:
-            stream = self.keys.stream(partition, stage)
+            stream = self._targets.get((partition, stage))
+            if stream is None:
+                stream = self._targets[partition, stage] = self.keys.stream(partition, stage)
             if outcome.kind == Kind.JOIN:
                 join = self.keys.joins(job_id)
                 targets.append(Target(stage, stream, join, outcome.branch, outcome.fan_in))
@@ -193,7 +202,7 @@ class StageQueue:
             outcome.delivery.entry_id,
             job_id,
             # (an entry naming no job has none: a key of this partition that never exists)
-            self.keys.job_prefix(partition) + job_id,
+            self._job_prefixes[partition] + job_id,
             outcome.kind,
             outcome.value,
             outcome.timing,

@@ -41,54 +41,73 @@ RECENT_VALUE_LIMIT = 4096
 
 
 class _Waiting:
-    """One wait for one job: ``notice`` is set when the job's wake-up carried its outcome."""
+    """One wait for one job: ``notice`` is set when the job's wake-up carried its outcome.
+    Its event is made on the first wait only: ``Client.map`` registers thousands of jobs and
+    waits on few of them."""
 
-    __slots__ = ("event", "job_id", "notice")
+    __slots__ = ("event", "job_id", "notice", "woken")
 
-    def __init__(self, job_id: str, event: Any) -> None:
+    def __init__(self, job_id: str) -> None:
         self.job_id = job_id
-        self.event = event
+        self.event: Any = None
         self.notice: Snapshot | None = None
+        self.woken = False
+        """Woken since the last wait (with a notice, or to re-read the record)."""
 
     def wake(self, notice: Snapshot | None) -> None:
         if notice is not None:
             self.notice = notice
-        self.event.set()
+        self.woken = True
+        if self.event is not None:
+            self.event.set()
 
 
 class Waiter(_Waiting):
-    """A wait in a thread."""
+    """A wait in a thread (woken by the listener's thread, under the listener's lock)."""
 
-    def __init__(self, job_id: str) -> None:
-        super().__init__(job_id, threading.Event())
+    __slots__ = ("_lock",)
+
+    def __init__(self, job_id: str, lock: threading.Lock) -> None:
+        super().__init__(job_id)
+        self._lock = lock
 
     def wait(self, timeout: float | None) -> None:
         """Until woken (a notice, or a reason to re-read) or ``timeout`` seconds; then armed
         again for the next wake-up."""
-        if timeout is None or timeout > 0:
-            self.event.wait(timeout)
-        self.event.clear()
+        with self._lock:
+            if not self.woken and self.event is None:
+                self.event = threading.Event()
+            event = None if self.woken else self.event
+        if event is not None and (timeout is None or timeout > 0):
+            event.wait(timeout)
+        with self._lock:
+            self.woken = False
+            if self.event is not None:
+                self.event.clear()
 
 
 class AsyncWaiter(_Waiting):
     """A wait in a task."""
 
-    def __init__(self, job_id: str) -> None:
-        super().__init__(job_id, asyncio.Event())
+    __slots__ = ()
 
     async def wait(self, timeout: float | None) -> None:
         """See :meth:`Waiter.wait`."""
-        if timeout is None:
-            await self.event.wait()
-        elif timeout > 0:
-            # A bare timer that wakes the wait (lighter than asyncio.timeout, which a gateway
-            # would pay on every request).
-            timer = asyncio.get_running_loop().call_later(timeout, self.event.set)
-            try:
+        if not self.woken:
+            if self.event is None:
+                self.event = asyncio.Event()
+            if timeout is None:
                 await self.event.wait()
-            finally:
-                timer.cancel()
-        self.event.clear()
+            elif timeout > 0:
+                # A bare timer that wakes the wait (lighter than asyncio.timeout, which a
+                # gateway would pay on every request).
+                timer = asyncio.get_running_loop().call_later(timeout, self.event.set)
+                try:
+                    await self.event.wait()
+                finally:
+                    timer.cancel()
+            self.event.clear()
+        self.woken = False
 
 
 class _Hub:
@@ -176,7 +195,7 @@ class Listener:
         return self._ready.is_set()
 
     def register(self, job_id: str) -> Waiter:
-        waiter = Waiter(job_id)
+        waiter = Waiter(job_id, self._lock)
         with self._lock:
             self._hub.add(waiter)
         return waiter
