@@ -91,23 +91,6 @@ class JobRecord:
     def error_for(self) -> JobError:
         return job_error(self.id, self.status, self.error, self.error_stage)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The public view (the gateway's job document)."""
-        doc: dict[str, Any] = {
-            "id": self.id,
-            "status": str(self.status),
-            "pipeline": self.pipeline,
-            "created_at": self.created_at,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "timings": [t.to_dict() for t in self.timings],
-        }
-        if self.status is JobStatus.DONE:
-            doc["result"] = self.result
-        elif self.status.finished:
-            doc["error"] = str(self.error_for())
-        return doc
-
 
 def job_error(job_id: str, status: JobStatus, error: str | None, stage: str | None) -> JobError:
     """The error that a job which ended without a result raises."""
@@ -238,8 +221,8 @@ class Snapshot:
         )
 
     def document(self, url: str) -> bytes:
-        """The public view as JSON (the gateway's job document; :meth:`JobRecord.to_dict`
-        says the same), the result spliced in as stored rather than parsed and re-encoded."""
+        """The public view as JSON (the gateway's job document), the result spliced in as
+        stored rather than parsed and re-encoded."""
         head = b'{"id":"%s","status":"%s","pipeline":%s,"created_at":%s,"started_at":%s,' % (
             self.job_id.encode(),
             self.status.value.encode(),
