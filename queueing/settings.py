@@ -60,6 +60,9 @@ class Settings:
     """Largest request body the gateway accepts."""
     max_wait_s: float = 60.0
     """Longest a gateway call may wait for a result (long-poll and synchronous calls)."""
+    retry_s: float = 10.0
+    """How long a client call (submit, cancel, a read, a wait's re-check) retries while Redis
+    is unreachable (a restart) before it raises BrokerUnavailable; 0: it does not retry."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -88,6 +91,7 @@ class Settings:
             ("block_ms", 1 <= self.block_ms <= 60_000),
             ("max_body_bytes", self.max_body_bytes >= 1),
             ("max_wait_s", 0 < self.max_wait_s < 1e6),
+            ("retry_s", 0 <= self.retry_s < 1e6),
             ("torch_threads", self.torch_threads >= 0),
             ("prefix", bool(self.prefix) and not any(c in self.prefix for c in "{}: ")),
         ]

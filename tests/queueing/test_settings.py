@@ -31,6 +31,7 @@ def test_every_kind_of_field_is_parsed() -> None:
             "BATCHLINE_PREFIX": "staging",
             "BATCHLINE_WORKER_NAME": "w-1",
             "BATCHLINE_API_KEYS": "abc,def",
+            "BATCHLINE_RETRY_S": "0.5",
             "UNRELATED": "x",
         }
     )
@@ -41,6 +42,7 @@ def test_every_kind_of_field_is_parsed() -> None:
     assert settings.prefix == "staging"
     assert settings.worker_name == "w-1"
     assert settings.api_keys == ("abc", "def")
+    assert settings.retry_s == 0.5
 
 
 @pytest.mark.parametrize(
@@ -86,6 +88,9 @@ def test_unparsable_values_raise_config_error_naming_the_variable(name: str, raw
         ("BATCHLINE_VISIBILITY_TIMEOUT_S", "nan"),
         ("BATCHLINE_RESULT_TTL_S", "-5"),
         ("BATCHLINE_BLOCK_MS", "0"),
+        ("BATCHLINE_RETRY_S", "-1"),
+        ("BATCHLINE_RETRY_S", "nan"),
+        ("BATCHLINE_RETRY_S", "inf"),
         ("BATCHLINE_PREFIX", "a:b"),
         ("BATCHLINE_PREFIX", "{x}"),
         ("BATCHLINE_PREFIX", "has space"),
@@ -103,6 +108,11 @@ def test_infinite_durations_are_rejected(name: str) -> None:
     finish/claim."""
     with pytest.raises(ConfigError, match=name):
         Settings.from_env({name: "inf"})
+
+
+def test_retrying_can_be_turned_off() -> None:
+    assert Settings().retry_s == 10.0
+    assert Settings.from_env({"BATCHLINE_RETRY_S": "0"}).retry_s == 0.0
 
 
 def test_replace_validates_too() -> None:
