@@ -106,7 +106,9 @@ class SubmitCall:
     owner: str = ""
     groups: list[list[NewJob]] = field(default_factory=list)
 
-    def pack(self) -> Call:
+    def pack(self, *, retry: bool = False) -> Call:
+        """KEYS and ARGV. ``retry``: an earlier attempt of this very call may have run (its
+        reply was lost), so jobs whose record exists are answered, not queued again."""
         keys = [self.stream]
         idem_keys: list[str] = []
         args: list[Any] = [
@@ -117,6 +119,7 @@ class SubmitCall:
             self.idempotency_ttl,
             self.reply,
             self.owner,
+            1 if retry else 0,
         ]
         n_jobs = sum(len(group) for group in self.groups)
         for group in self.groups:
