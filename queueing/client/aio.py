@@ -16,7 +16,8 @@ import redis.asyncio
 import redis.exceptions
 
 from queueing.client.core import SUBMIT_CHUNK, Core, SubmitPlan
-from queueing.connection import broker_errors, connect_async
+from queueing.client.retry import Attempt, Backoff, outage_log, pause
+from queueing.connection import REDIS_DOWN, broker_errors, connect_async
 from queueing.errors import ResultTimeout, UnknownJob
 from queueing.jobs import JobRecord, JobStatus, Snapshot
 from queueing.message import decode_result
@@ -44,8 +45,10 @@ class AsyncJob:
 
     async def snapshot(self) -> Snapshot:
         """The job's record as stored (undecoded); UnknownJob if there is none."""
-        with broker_errors():
-            raw = await self.client.redis.hgetall(self.client.core.keys.job(self.id))
+        key = self.client.core.keys.job(self.id)
+        async for attempt in self.client._attempts():
+            with attempt:
+                raw = await self.client.redis.hgetall(key)
         return self.client.core.snapshot(self.id, raw)
 
     async def status(self) -> JobStatus:
@@ -90,8 +93,9 @@ class AsyncJob:
     async def _watch(self) -> JobStatus:
         """Have the job's end wake this client; its status now."""
         keys, args = self.client.core.watch_call(self.id)
-        with broker_errors():
-            reply = await self.client._watch(keys=keys, args=args)
+        async for attempt in self.client._attempts():  # (WATCH is idempotent)
+            with attempt:
+                reply = await self.client._watch(keys=keys, args=args)
         if reply is None:
             raise UnknownJob(self.id)
         self._watched = True
@@ -103,6 +107,11 @@ class AsyncClient:
 
     ``AsyncClient()`` reads ``REDIS_URL`` and ``BATCHLINE_*`` from the environment; pass a
     :class:`Settings` or ``url=`` to choose. Use it as a context manager, or call ``close()``.
+
+    Every call rides out a restart of Redis: it is retried, with a growing pause, for up to
+    ``Settings.retry_s`` (``BATCHLINE_RETRY_S``) before it raises BrokerUnavailable; a submit
+    sent again after a lost reply does not queue its jobs twice (see
+    :mod:`queueing.client.retry`).
     """
 
     def __init__(self, settings: Settings | None = None, *, url: str | None = None) -> None:
@@ -116,6 +125,7 @@ class AsyncClient:
         self._watch = self.redis.register_script(WATCH)
         self._orphan = self.redis.register_script(ORPHAN)
         self._listener: AsyncListener | None = None
+        self._outage = outage_log()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -128,6 +138,21 @@ class AsyncClient:
             await self._listener.close()
             self._listener = None
         await self.redis.aclose()
+
+    async def _attempts(self) -> AsyncIterator[Attempt]:
+        """The attempts of one call to Redis (see :mod:`queueing.client.retry`): another after
+        each that met an outage, until ``retry_s`` have passed (then BrokerUnavailable)."""
+        backoff = Backoff(self.core.settings.retry_s)
+        attempt = Attempt(1)
+        while True:
+            yield attempt
+            if attempt.error is None:
+                self._outage.succeeded()
+                return
+            delay = backoff.pause(attempt.error)  # raises BrokerUnavailable once time is up
+            self._outage.failed(attempt.error)
+            await pause(self.redis, delay)
+            attempt = Attempt(attempt.number + 1)
 
     async def listener(self) -> AsyncListener:
         """This client's wake-up listener, subscribed."""
@@ -147,8 +172,10 @@ class AsyncClient:
     async def pipelines(self, *, refresh: bool = True) -> dict[str, PipelineSpec]:
         """The registered pipelines by name."""
         if refresh or not self.core.specs:
-            with broker_errors():
-                self.core.specs = parse_registry(await self.redis.hgetall(self.core.keys.registry))
+            async for attempt in self._attempts():
+                with attempt:
+                    raw = await self.redis.hgetall(self.core.keys.registry)
+            self.core.specs = parse_registry(raw)
         return self.core.specs
 
     async def pipeline(self, name: str) -> PipelineSpec:
@@ -209,18 +236,25 @@ class AsyncClient:
 
     async def send(self, plan: SubmitPlan) -> list[list[tuple[str, bool]] | Exception]:
         """Run a plan's SUBMIT calls in one round trip; per request, its jobs (id, created)
-        or the error it met. The listener must be subscribed first."""
-        with broker_errors():
-            if len(plan.calls) == 1:  # the usual case: no pipeline, no SCRIPT EXISTS before it
-                keys, args = plan.calls[0].pack()
-                replies = [await self._submit(keys=keys, args=args)]
-            else:
-                pipe = self.redis.pipeline(transaction=False)
-                for call in plan.calls:
-                    keys, args = call.pack()
-                    await self._submit(keys=keys, args=args, client=pipe)
-                replies = await pipe.execute(raise_on_error=False)
-            await self._wait_for_aof()
+        or the error it met. The listener must be subscribed first.
+
+        Sent again after an outage, the calls say so: a job an earlier attempt queued (its
+        reply was lost) is answered as existing, not queued twice."""
+        async for attempt in self._attempts():
+            with attempt:
+                if len(plan.calls) == 1:  # the usual case: no pipeline, no SCRIPT EXISTS first
+                    keys, args = plan.calls[0].pack(retry=attempt.retry)
+                    replies = [await self._submit(keys=keys, args=args)]
+                else:
+                    pipe = self.redis.pipeline(transaction=False)
+                    for call in plan.calls:
+                        keys, args = call.pack(retry=attempt.retry)
+                        await self._submit(keys=keys, args=args, client=pipe)
+                    replies = await pipe.execute(raise_on_error=False)
+                    for reply in replies:  # (a server loading its data answers each call so)
+                        if isinstance(reply, REDIS_DOWN):
+                            raise reply
+                await self._wait_for_aof()
         return plan.results(replies)
 
     async def _wait_for_aof(self) -> None:
@@ -241,19 +275,21 @@ class AsyncClient:
     async def cancel(self, job_id: str) -> JobStatus:
         """Cancel a job: a queued one never reaches a model. Returns the status after."""
         keys, args = self.core.cancel_call(job_id)
-        with broker_errors():
-            reply = await self._cancel(keys=keys, args=args)
+        async for attempt in self._attempts():  # (CANCEL is idempotent)
+            with attempt:
+                reply = await self._cancel(keys=keys, args=args)
         return self.core.cancel_reply(job_id, reply)
 
     async def recheck(self, job_ids: Sequence[str]) -> list[Snapshot]:
         """Read the records of jobs waited on without a notice; those that have ended. A job
         live for longer than the visibility timeout is checked for a deleted stream entry
         (which fails it: see ``queueing/lua/orphan.lua``)."""
-        with broker_errors():
-            pipe = self.redis.pipeline(transaction=False)
-            for job_id in job_ids:
-                pipe.hgetall(self.core.keys.job(job_id))
-            raws = await pipe.execute()
+        async for attempt in self._attempts():
+            with attempt:
+                pipe = self.redis.pipeline(transaction=False)
+                for job_id in job_ids:
+                    pipe.hgetall(self.core.keys.job(job_id))
+                raws = await pipe.execute()
         ended = []
         for job_id, raw in zip(job_ids, raws, strict=True):
             snapshot = self.core.snapshot(job_id, raw)
@@ -262,8 +298,9 @@ class AsyncClient:
                 continue
             call = self.core.orphan_call(snapshot)
             if call is not None:
-                with broker_errors():
-                    failed = await self._orphan(keys=call[0], args=call[1])
+                async for attempt in self._attempts():  # (ORPHAN is idempotent)
+                    with attempt:
+                        failed = await self._orphan(keys=call[0], args=call[1])
                 if failed:
                     ended.append(await AsyncJob(self, job_id).snapshot())
         return ended
@@ -277,7 +314,11 @@ class AsyncClient:
         timeout_s: float | None = None,
     ) -> AsyncIterator[Any]:
         """Submit every input, keeping at most ``max_in_flight`` unfinished, and yield the
-        results in input order. A job that failed raises its JobError when its turn comes."""
+        results in input order. A job that failed raises its JobError when its turn comes.
+
+        A restart of Redis shorter than ``retry_s`` only costs time: each input is still one
+        job and yields one result, in order. A longer outage raises BrokerUnavailable; the
+        jobs in flight then go on without a caller."""
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
         listener = await self.listener()
