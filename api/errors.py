@@ -14,8 +14,12 @@ The body is always JSON of one shape, never a traceback::
 - 503 ``BrokerUnavailable`` (and redis-py's connection errors, should one slip by),
   ``NotReady``: ``Retry-After``
 - 504 ``ResultTimeout``: ``id`` and ``url`` of the job, which goes on: poll it
-- 500 any other ``BatchlineError`` (a deployment problem: its message), and anything else
-  (logged with its traceback, which is never sent)
+- 500 any other ``BatchlineError`` (a deployment problem), and anything else (with its
+  traceback)
+
+What a client sent is echoed cut short (:func:`cut`): a message never repeats a whole input.
+What is internal (Redis's address and errno, an exception's text, a traceback) goes to the log,
+never into a body.
 """
 
 from __future__ import annotations
@@ -48,6 +52,16 @@ BROKER_RETRY_AFTER_S = 2
 """What a 503 tells clients to wait before retrying while Redis is unreachable."""
 
 MAX_REPORTED_ERRORS = 20
+MAX_ECHO_CHARS = 200
+"""The most of a client's value (an input, a key, a field name) an error repeats."""
+MAX_MESSAGE_CHARS = 600
+"""The longest ``message`` an error body holds."""
+_INTERNAL = "internal error; the gateway's log has the details"
+
+
+def cut(text: str, limit: int = MAX_ECHO_CHARS) -> str:
+    """``text``, cut to ``limit`` characters (the cut marked with an ellipsis)."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
 class ApiError(Exception):
@@ -69,7 +83,13 @@ class InvalidInput(ApiError):
     code = "invalid_input"
 
     def __init__(self, message: str, errors: Sequence[Mapping[str, str]] = ()) -> None:
-        super().__init__(message, errors=list(errors)[:MAX_REPORTED_ERRORS])
+        super().__init__(
+            cut(message, MAX_MESSAGE_CHARS),
+            errors=[
+                {key: cut(value) for key, value in error.items()}
+                for error in errors[:MAX_REPORTED_ERRORS]
+            ],
+        )
 
 
 class BodyTooLarge(ApiError):
@@ -103,7 +123,11 @@ def problem(
     status: int, code: str, message: str, headers: Mapping[str, str] | None = None, **details: Any
 ) -> Response:
     """The one error body shape."""
-    return JSONResponse({"error": code, "message": message, **details}, status, dict(headers or {}))
+    return JSONResponse(
+        {"error": code, "message": cut(message, MAX_MESSAGE_CHARS), **details},
+        status,
+        dict(headers or {}),
+    )
 
 
 def _retry_after(seconds: float) -> dict[str, str]:
@@ -124,7 +148,7 @@ async def _batchline_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BatchlineError)
     message = str(exc)
     if isinstance(exc, UnknownPipeline):
-        return problem(404, "unknown_pipeline", message, pipeline=exc.name)
+        return problem(404, "unknown_pipeline", message, pipeline=cut(exc.name))
     if isinstance(exc, UnknownJob):
         return problem(404, "unknown_job", message)
     if isinstance(exc, IdempotencyConflict):
@@ -132,12 +156,18 @@ async def _batchline_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, QueueFull):
         return problem(429, "queue_full", message, _retry_after(exc.retry_after))
     if isinstance(exc, BrokerUnavailable):
+        # Its text names Redis's address and errno: for the log, not for clients.
         log.warning("answering 503: %s", exc)
-        return problem(503, "broker_unavailable", message, _retry_after(BROKER_RETRY_AFTER_S))
+        return problem(
+            503,
+            "broker_unavailable",
+            f"Redis is unreachable; retry after {BROKER_RETRY_AFTER_S}s",
+            _retry_after(BROKER_RETRY_AFTER_S),
+        )
     if isinstance(exc, ResultTimeout):
         return problem(504, "timeout", message, id=exc.job_id, url=job_path(request, exc.job_id))
     log.error("answering 500: %s: %s", type(exc).__name__, exc)
-    return problem(500, "internal", message)
+    return problem(500, "internal", _INTERNAL)
 
 
 async def _redis_unreachable(request: Request, exc: Exception) -> Response:
@@ -149,7 +179,7 @@ async def _redis_unreachable(request: Request, exc: Exception) -> Response:
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     errors = [
-        {"where": ".".join(str(part) for part in error["loc"]), "message": error["msg"]}
+        {"where": cut(".".join(str(part) for part in error["loc"])), "message": cut(error["msg"])}
         for error in exc.errors()
     ]
     summary = "; ".join(f"{e['where']}: {e['message']}" for e in errors[:3])
@@ -166,7 +196,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-    return problem(500, "internal", "internal error; the gateway's log has the details")
+    return problem(500, "internal", _INTERNAL)
 
 
 HANDLERS: dict[type[Exception], Callable[[Request, Exception], Awaitable[Response]]] = {

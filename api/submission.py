@@ -15,7 +15,7 @@ from typing import Any
 import jsonschema
 import orjson
 
-from api.errors import InvalidInput
+from api.errors import InvalidInput, cut
 from queueing.client.core import MAX_SUBMIT_MANY
 from queueing.errors import ConfigError
 from queueing.registry import PipelineSpec
@@ -50,7 +50,7 @@ def parse_submission(body: bytes, *, allow_many: bool = True) -> Submission:
     unknown = sorted(set(doc) - _FIELDS)
     if unknown:
         raise InvalidInput(
-            f"unknown field(s) {', '.join(map(repr, unknown))}; the body is {expected} "
+            f"unknown field(s) {cut(', '.join(map(repr, unknown)))}; the body is {expected} "
             'with an optional "timeout_s"',
             [{"where": f"body.{name}", "message": "unknown field"} for name in unknown],
         )
@@ -73,7 +73,7 @@ def parse_submission(body: bytes, *, allow_many: bool = True) -> Submission:
         or timeout_s <= 0
     ):
         raise InvalidInput(
-            f"timeout_s must be a number of seconds > 0, got {orjson.dumps(timeout_s).decode()}",
+            f"timeout_s must be a number of seconds > 0, got {cut(orjson.dumps(timeout_s).decode())}",
             [{"where": "body.timeout_s", "message": "must be a number > 0"}],
         )
     if "input" in doc:
@@ -128,8 +128,9 @@ class SchemaChecker:
         for index, value in enumerate(submission.inputs):
             root = f"inputs[{index}]" if submission.many else "input"
             for error in sorted(validator.iter_errors(value), key=lambda e: list(e.path)):
+                # (jsonschema's messages repeat the value: cut, a 1 MB input is no 2 MB error)
                 errors.append(
-                    {"where": _where(root, error.absolute_path), "message": error.message}
+                    {"where": cut(_where(root, error.absolute_path)), "message": cut(error.message)}
                 )
         if errors:
             first = errors[0]

@@ -1,4 +1,5 @@
-"""Bad input and overload get clear answers: 422, 413, 404, 429, 503; never a 500 traceback."""
+"""Bad input and overload get clear answers: 422, 413, 404, 429, 503; never a 500
+traceback, nor a message repeating a whole input or naming what is internal."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import redis
 
@@ -17,6 +19,13 @@ from queueing.registry import PipelineSpec, StageSpec
 from queueing.server import EmbeddedServer
 from queueing.settings import Settings
 from tests.api.conftest import LiveGateway
+
+JSON = {"Content-Type": "application/json"}
+
+
+def post(http: httpx.Client, path: str, body: bytes) -> httpx.Response:
+    """POST raw bytes, as JSON."""
+    return http.post(path, content=body, headers=JSON)
 
 
 def error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
@@ -47,7 +56,7 @@ def error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
 def test_a_malformed_body_is_422_saying_what_and_where(
     http: httpx.Client, body: bytes, where: str, says: str
 ) -> None:
-    doc = error(http.post("/v1/pipelines/echo/jobs", content=body), 422, "invalid_input")
+    doc = error(post(http, "/v1/pipelines/echo/jobs", body), 422, "invalid_input")
     assert says in doc["message"]
     assert doc["errors"][0]["where"] == where
 
@@ -149,7 +158,7 @@ def test_the_limit_counts_bytes_received_not_content_length(
         yield b"x" * 700
         yield b'"}'
 
-    response = small_body_gateway.post("/v1/pipelines/echo/jobs", content=chunks())
+    response = small_body_gateway.post("/v1/pipelines/echo/jobs", content=chunks(), headers=JSON)
     assert "content-length" not in response.request.headers
     error(response, 413, "body_too_large")
 
@@ -157,7 +166,8 @@ def test_the_limit_counts_bytes_received_not_content_length(
         yield b'{"input": '
         yield b"1}"
 
-    assert small_body_gateway.post("/v1/pipelines/echo/jobs", content=small()).status_code == 202
+    response = small_body_gateway.post("/v1/pipelines/echo/jobs", content=small(), headers=JSON)
+    assert response.status_code == 202
 
 
 def test_unreachable_redis_is_503_with_retry_after(
@@ -185,8 +195,9 @@ def test_unreachable_redis_is_503_with_retry_after(
                 http.get("/v1/pipelines"),
                 http.get("/readyz"),
             ):
-                error(response, 503, "broker_unavailable")
+                doc = error(response, 503, "broker_unavailable")
                 assert int(response.headers["retry-after"]) >= 1
+                assert_nothing_internal(doc, server.url, tmp_path)
             assert http.get("/healthz").status_code == 200
             assert http.get("/metrics").status_code == 200
             assert "batchline_broker_up 0.0" in http.get("/metrics").text
@@ -208,10 +219,22 @@ def test_a_gateway_started_without_redis_answers_503(
     monkeypatch.setattr(api.gateway, "SUBSCRIBE_TIMEOUT_S", 0.2)
     settings = api_settings.replace(redis_url=f"unix://{tmp_path}/nothing.sock")
     with start_gateway(settings).client() as http:
-        error(http.post("/v1/pipelines/echo/jobs", json={"input": 1}), 503, "broker_unavailable")
-        error(http.get("/v1/jobs/0-" + "0" * 32), 503, "broker_unavailable")
-        error(http.get("/readyz"), 503, "broker_unavailable")
+        for response in (
+            http.post("/v1/pipelines/echo/jobs", json={"input": 1}),
+            http.get("/v1/jobs/0-" + "0" * 32),
+            http.get("/readyz"),
+        ):
+            doc = error(response, 503, "broker_unavailable")
+            assert_nothing_internal(doc, settings.redis_url, tmp_path)
         assert http.get("/healthz").json() == {"status": "ok"}
+
+
+def assert_nothing_internal(doc: dict[str, Any], redis_url: str, tmp_path: Path) -> None:
+    """A 503 says Redis is unreachable, and not where it is nor how the connection failed."""
+    assert doc["message"].startswith("Redis is unreachable"), doc
+    text = orjson.dumps(doc).decode()
+    for internal in (redis_url, str(tmp_path), ".sock", "Error ", "rrno", "onnect"):
+        assert internal not in text, doc
 
 
 def test_readyz_wants_registered_pipelines(
@@ -224,17 +247,41 @@ def test_readyz_wants_registered_pipelines(
         assert "retry-after" in response.headers
 
 
-def test_a_deployment_problem_is_a_500_without_a_traceback(
-    http: httpx.Client, redis_client: redis.Redis
+def test_a_deployment_problem_is_a_500_whose_details_are_logged_not_sent(
+    http: httpx.Client, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     broken = PipelineSpec("broken", (StageSpec("broken.run"),), input_schema={"type": 12})
     redis_client.hset(Keys().registry, "broken", broken.encode())
     response = http.post("/v1/pipelines/broken/jobs", json={"input": 1})
     doc = error(response, 500, "internal")
-    assert "invalid input schema" in doc["message"]
+    assert doc["message"] == "internal error; the gateway's log has the details"
+    assert "invalid input schema" not in response.text
     assert "Traceback" not in response.text
+    assert "invalid input schema" in caplog.text
     assert http.get("/v1/pipelines/broken").json()["backlog"] == 0  # nothing was queued
 
 
 def test_a_wrong_method_is_405(http: httpx.Client) -> None:
     error(http.delete("/v1/pipelines"), 405, "method_not_allowed")
+
+
+def test_a_422_cuts_the_values_it_repeats(http: httpx.Client) -> None:
+    big = "x" * 400_000
+    for path, body in (
+        # jsonschema's messages repeat the value: "['xxx...'] is not of type 'string'"
+        ("/v1/pipelines/greet/jobs", {"input": {"name": [big]}}),
+        ("/v1/pipelines/greet/jobs", {"inputs": [{"name": [big]}, {"name": "a", big: 1}]}),
+        ("/v1/pipelines/echo/jobs", {"input": 1, big: 1}),
+        ("/v1/pipelines/echo/jobs", {"input": 1, "timeout_s": big}),
+    ):
+        response = http.post(path, json=body)
+        doc = error(response, 422, "invalid_input")
+        assert len(response.content) < 3_000, response.text[:300]
+        for entry in doc["errors"]:
+            assert len(entry["where"]) <= 200
+            assert len(entry["message"]) <= 200
+    # What is short is not cut.
+    doc = error(
+        http.post("/v1/pipelines/greet/jobs", json={"input": {"name": 7}}), 422, "invalid_input"
+    )
+    assert doc["errors"] == [{"where": "input.name", "message": "7 is not of type 'string'"}]
