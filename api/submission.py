@@ -2,13 +2,17 @@
 against the pipeline's input schema (JSON Schema, from the registry).
 
 Bodies are parsed here by hand (orjson, then a shape check) rather than by FastAPI, so that the
-413 of :mod:`api.limits` and the 422 messages ("what and where") stay ours.
+413 of :mod:`api.limits` and the 422 messages ("what and where") stay ours. What the parser
+takes but the rest could not carry is refused here, once: JSON nested deeper than
+:data:`MAX_DEPTH` (orjson parses 1,024 levels, encodes 254; jsonschema recurses), and integers
+that orjson would silently turn into floats.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +25,20 @@ from queueing.errors import ConfigError
 from queueing.registry import PipelineSpec
 
 _FIELDS = {"input", "inputs", "timeout_s"}
+
+MAX_DEPTH = 64
+"""How deep arrays and objects may nest in a body, the body's own object being the first."""
+MIN_INT, MAX_INT = -(2**63), 2**64 - 1
+"""The integers a body may hold: what orjson parses as integers (it parses any other as a
+float, silently losing digits)."""
+_SKETCH = bytes(57 if 48 <= b <= 57 else 91 if b in b"[{" else 32 for b in range(256))
+"""A body's sketch: its digits as 9s, its brackets (``[`` and ``{``) as ``[``, the rest blank.
+One ``bytes.translate`` tells whether a body could nest too deep or hold an integer out of
+range: only then are its values walked (a walk, or a regular expression, on every body cost
+several times the parse itself)."""
+_LONG_DIGITS = b"9" * 19
+"""The shortest integer out of range has 19 digits: a body without 19 digits in a row has
+none."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +59,11 @@ def parse_submission(body: bytes, *, allow_many: bool = True) -> Submission:
         raise InvalidInput(
             f"the body is not valid JSON: {exc}", [{"where": "body", "message": str(exc)}]
         ) from None
+    sketch = body.translate(_SKETCH)
+    if sketch.count(b"[") > MAX_DEPTH:
+        _check_depth(doc)
+    if _LONG_DIGITS in sketch:
+        _check_integers(body)
     expected = '{"input": ...}' + (' or {"inputs": [...]}' if allow_many else "")
     if not isinstance(doc, dict):
         raise InvalidInput(
@@ -95,6 +118,80 @@ def parse_submission(body: bytes, *, allow_many: bool = True) -> Submission:
             [{"where": "body.inputs", "message": f"at most {MAX_SUBMIT_MANY} items"}],
         )
     return Submission(inputs, True, None if timeout_s is None else float(timeout_s))
+
+
+def _check_depth(doc: Any) -> None:
+    """InvalidInput if ``doc`` nests arrays and objects deeper than MAX_DEPTH (found without
+    recursion)."""
+    path = _find(doc, lambda value, depth: depth > MAX_DEPTH and isinstance(value, dict | list))
+    if path is not None:
+        where = _body_where(path)
+        raise InvalidInput(
+            f"the body nests arrays and objects deeper than {MAX_DEPTH} levels, at {where}",
+            [{"where": where, "message": f"nested deeper than {MAX_DEPTH} levels"}],
+        )
+
+
+class _OutOfRange(str):
+    """An integer's text that orjson would have parsed as a float."""
+
+
+def _parse_int(text: str) -> int | _OutOfRange:
+    if len(text) > 21:  # (and never int() on thousands of digits)
+        return _OutOfRange(text)
+    value = int(text)
+    return value if MIN_INT <= value <= MAX_INT else _OutOfRange(text)
+
+
+def _check_integers(body: bytes) -> None:
+    """InvalidInput if the body holds an integer outside MIN_INT..MAX_INT. orjson parses those
+    as floats without a word, so the body is parsed again by the standard library, which hands
+    over each integer's text (only for a body with 19 digits in a row somewhere: rarely)."""
+    try:
+        # Nested at most MAX_DEPTH deep by now: the recursive parser is safe.
+        doc = json.loads(body, parse_int=_parse_int)
+    except ValueError:  # (not expected: orjson took it, and this parser is the looser one)
+        return
+    path = _find(doc, lambda value, depth: type(value) is _OutOfRange)
+    if path is not None:
+        where = _body_where(path)
+        raise InvalidInput(
+            f"the integer at {where} is out of range: integers must be from -2**63 to 2**64-1 "
+            "(send a larger one as a string, or as a float if it may be rounded)",
+            [{"where": where, "message": "integer out of range -2**63 .. 2**64-1"}],
+        )
+
+
+def _find(doc: Any, bad: Callable[[Any, int], bool]) -> list[str | int] | None:
+    """The path to the first value in ``doc`` (depth first) for which ``bad(value, depth)``
+    (the body being at depth 1, its fields at 2...), None if none is; without recursion."""
+    # Each entry: (value, depth, node), node being (parent node, key) or None: paths are
+    # built only for the value found, whatever the number of values.
+    Node = tuple[Any, str | int] | None
+    stack: list[tuple[Any, int, Node]] = [(doc, 1, None)]
+    while stack:
+        value, depth, node = stack.pop()
+        if bad(value, depth):
+            path: list[str | int] = []
+            while node is not None:
+                node, key = node
+                path.append(key)
+            return path[::-1]
+        if isinstance(value, dict):
+            children: Any = value.items()
+        elif isinstance(value, list):
+            children = enumerate(value)
+        else:
+            continue
+        stack.extend((child, depth + 1, (node, key)) for key, child in children)
+    return None
+
+
+def _body_where(path: list[str | int]) -> str:
+    """Where a value is in a body, named as the 422s name it (``input[0].name``)."""
+    if path and path[0] in ("input", "inputs"):
+        return _where(str(path[0]), path[1:])
+    return _where("body", path)
 
 
 def _json_type(value: Any) -> str:

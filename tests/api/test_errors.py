@@ -14,6 +14,7 @@ import pytest
 import redis
 
 import api.gateway
+from api.submission import MAX_DEPTH
 from queueing.keys import Keys
 from queueing.registry import PipelineSpec, StageSpec
 from queueing.server import EmbeddedServer
@@ -263,6 +264,67 @@ def test_a_deployment_problem_is_a_500_whose_details_are_logged_not_sent(
 
 def test_a_wrong_method_is_405(http: httpx.Client) -> None:
     error(http.delete("/v1/pipelines"), 405, "method_not_allowed")
+
+
+def nested(depth: int) -> bytes:
+    """A body whose arrays and objects nest ``depth`` deep (its own object the first)."""
+    inner = b"[" * (depth - 1) + b"]" * (depth - 1)
+    return b'{"timeout_s": 1, "input": ' + inner + b"}"
+
+
+def test_json_nested_past_the_depth_limit_is_422_saying_the_limit_and_where(
+    http: httpx.Client,
+) -> None:
+    # 255 to 1,024 levels (orjson parses 1,024, encodes 254) were a 500; jsonschema (greet)
+    # ran out of stack near 1,000.
+    assert post(http, "/v1/pipelines/echo/jobs", nested(MAX_DEPTH)).status_code == 202
+    for depth in (MAX_DEPTH + 1, 255, 1024):
+        for path in ("/v1/pipelines/echo/jobs", "/v1/pipelines/echo", "/v1/pipelines/greet/jobs"):
+            doc = error(post(http, path, nested(depth)), 422, "invalid_input")
+            assert f"deeper than {MAX_DEPTH} levels" in doc["message"]
+            # The first level too deep: the body, input, then input[0]...
+            assert doc["errors"] == [
+                {
+                    "where": "input" + "[0]" * (MAX_DEPTH - 1),
+                    "message": f"nested deeper than {MAX_DEPTH} levels",
+                }
+            ]
+    deep_array = b"[" * 1024 + b"]" * 1024
+    doc = error(post(http, "/v1/pipelines/echo/jobs", deep_array), 422, "invalid_input")
+    assert doc["errors"][0]["where"] == "body" + "[0]" * MAX_DEPTH
+    assert http.get("/v1/pipelines/echo").json()["backlog"] == 1
+
+
+@pytest.mark.parametrize(
+    "literal",
+    [b"18446744073709551616", b"-9223372036854775809", b"1" + b"0" * 30, b"-" + b"9" * 300],
+)
+def test_an_integer_that_would_become_a_float_is_422(http: httpx.Client, literal: bytes) -> None:
+    # orjson parses integers outside -2**63 .. 2**64-1 as floats, without a word.
+    body = b'{"input": {"n": [1, ' + literal + b"]}}"
+    for path in ("/v1/pipelines/echo/jobs", "/v1/pipelines/echo"):
+        doc = error(post(http, path, body), 422, "invalid_input")
+        assert "out of range" in doc["message"]
+        assert doc["errors"][0]["where"] == "input.n[1]"
+    assert http.get("/v1/pipelines/echo").json()["backlog"] == 0
+
+
+def test_integers_within_range_round_trip(http: httpx.Client, workers: Callable) -> None:
+    workers("echo")
+    # The extremes, a float written with 19+ digits, digits in a string: all taken as they are.
+    body = (
+        b'{"input": [18446744073709551615, -9223372036854775808, 1.8446744073709551616e19, '
+        b'12345678901234567890.5, "123456789012345678901234567890"]}'
+    )
+    response = post(http, "/v1/pipelines/echo", body)
+    assert response.status_code == 200, response.text
+    assert response.json()["result"] == [
+        18446744073709551615,
+        -9223372036854775808,
+        1.8446744073709552e19,
+        1.2345678901234567e19,
+        "123456789012345678901234567890",
+    ]
 
 
 def test_a_422_cuts_the_values_it_repeats(http: httpx.Client) -> None:
