@@ -24,9 +24,10 @@ DESCRIPTION = """\
 Submit inputs to batchline's pipelines, poll or wait for their results, cancel them.
 
 Errors are JSON, `{"error": code, "message": text, ...}`: 401 (API key), 404 (unknown pipeline
-or job), 409 (idempotency key reused with another input), 413 (body too large), 422 (not JSON,
-or not what the pipeline's input schema says, with where), 429 and 503 (with `Retry-After`),
-504 (a synchronous call past its timeout: poll the job it names).
+or job), 409 (idempotency key reused with another input), 413 (body too large), 415 (a body
+sent without `Content-Type: application/json`), 422 (not JSON, or not what the pipeline's input
+schema says, with where), 429 and 503 (with `Retry-After`), 504 (a synchronous call past its
+timeout: poll the job it names).
 """
 
 

@@ -144,6 +144,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "Unknown pipeline or job (another key's job is unknown too).",
         409: "The Idempotency-Key names a job with a different input.",
         413: "The body is over BATCHLINE_MAX_BODY_BYTES.",
+        415: "The body was not sent as JSON (Content-Type: application/json).",
         422: "The body is not JSON, not of this shape, or fails the pipeline's input schema.",
         429: "The pipeline's backlog is full; see Retry-After.",
         503: "Redis is unreachable; see Retry-After.",

@@ -7,6 +7,7 @@ The body is always JSON of one shape, never a traceback::
 - 422 ``InvalidInput``, FastAPI's ``RequestValidationError``: ``errors``, each
   ``{"where", "message"}`` (``where`` like ``input.name`` or ``query.wait``)
 - 413 ``BodyTooLarge``: ``limit`` in bytes
+- 415 ``UnsupportedMediaType``: a body sent as anything but JSON (``Content-Type``)
 - 401 ``Unauthorized``: ``WWW-Authenticate: Bearer``
 - 404 ``UnknownPipeline``, ``UnknownJob`` (another key's job is unknown too), unknown routes
 - 409 ``IdempotencyConflict``: ``id`` of the job the key names
@@ -103,6 +104,14 @@ class BodyTooLarge(ApiError):
             f"the request body is over the limit of {limit} bytes (BATCHLINE_MAX_BODY_BYTES)",
             limit=limit,
         )
+
+
+class UnsupportedMediaType(ApiError):
+    """A body sent as anything but JSON (a form or plain text, as any web page can make a
+    browser send: refusing them is what keeps such pages from submitting jobs)."""
+
+    status = 415
+    code = "unsupported_media_type"
 
 
 class Unauthorized(ApiError):

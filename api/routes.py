@@ -24,7 +24,7 @@ from api.documents import (
 )
 from api.errors import InvalidInput, NotReady
 from api.gateway import Gateway
-from api.submission import parse_submission
+from api.submission import check_content_type, parse_submission
 from queueing.errors import BrokerUnavailable, UnknownPipeline
 
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
@@ -108,7 +108,7 @@ ops = APIRouter(tags=["operations"])
             "model": Accepted | list[Accepted],
             "description": "Queued: the job's id and where to poll it (a list for `inputs`).",
         },
-        **error_responses(401, 404, 409, 413, 422, 429, 503),
+        **error_responses(401, 404, 409, 413, 415, 422, 429, 503),
     },
     openapi_extra={**request_body(SubmitBody), **_HOT_DOCS},
 )
@@ -118,6 +118,7 @@ async def submit(name: str, request: Request) -> Response:
     Retrying with the same Idempotency-Key returns the same jobs rather than new ones (inputs
     are queued all or none, except past 256 of them or across partitions)."""
     gateway, owner = _caller(request)
+    check_content_type(request.headers.get("content-type"))
     idempotency_key = _idempotency_key(request)
     submission = parse_submission(await request.body())
     jobs = await gateway.submit(name, submission, idempotency_key=idempotency_key, owner=owner)
@@ -137,7 +138,7 @@ async def submit(name: str, request: Request) -> Response:
             "description": "The job has finished: `status` says how (done, failed, expired or "
             "cancelled), with `result` or `error`; the same document as a poll.",
         },
-        **error_responses(401, 404, 409, 413, 422, 429, 503, 504),
+        **error_responses(401, 404, 409, 413, 415, 422, 429, 503, 504),
     },
     openapi_extra={**request_body(RunBody), **_HOT_DOCS},
 )
@@ -146,6 +147,7 @@ async def run(name: str, request: Request) -> Response:
     most the gateway's BATCHLINE_MAX_WAIT_S). A finished job is a 200 whatever its outcome;
     past the timeout the answer is a 504 with the job's id and url: it goes on, poll it."""
     gateway, owner = _caller(request)
+    check_content_type(request.headers.get("content-type"))
     idempotency_key = _idempotency_key(request)
     submission = parse_submission(await request.body(), allow_many=False)
     ended = await gateway.run(name, submission, idempotency_key=idempotency_key, owner=owner)

@@ -19,7 +19,7 @@ from typing import Any
 import jsonschema
 import orjson
 
-from api.errors import InvalidInput, cut
+from api.errors import InvalidInput, UnsupportedMediaType, cut
 from queueing.client.core import MAX_SUBMIT_MANY
 from queueing.errors import ConfigError
 from queueing.registry import PipelineSpec
@@ -39,6 +39,22 @@ several times the parse itself)."""
 _LONG_DIGITS = b"9" * 19
 """The shortest integer out of range has 19 digits: a body without 19 digits in a row has
 none."""
+
+
+def check_content_type(value: str | None) -> None:
+    """UnsupportedMediaType unless ``value`` (a request's Content-Type) is JSON:
+    ``application/json`` or ``application/<anything>+json``, with any parameters."""
+    media_type = (value or "").partition(";")[0].strip().lower()
+    if media_type == "application/json" or (
+        media_type.startswith("application/")
+        and media_type.endswith("+json")
+        and len(media_type) > len("application/+json")
+    ):
+        return
+    got = f"got {cut(value)!r}" if value else "there is none"
+    raise UnsupportedMediaType(
+        f"the body must be JSON, sent with 'Content-Type: application/json'; {got}"
+    )
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Bad input and overload get clear answers: 422, 413, 404, 429, 503; never a 500
+"""Bad input and overload get clear answers: 422, 413, 415, 404, 429, 503; never a 500
 traceback, nor a message repeating a whole input or naming what is internal."""
 
 from __future__ import annotations
@@ -325,6 +325,47 @@ def test_integers_within_range_round_trip(http: httpx.Client, workers: Callable)
         1.2345678901234567e19,
         "123456789012345678901234567890",
     ]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        None,
+        "text/plain",
+        "text/plain; charset=utf-8",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "text/json",
+        "application/jsonp",
+        "application/+json",
+    ],
+)
+def test_a_body_not_sent_as_json_is_415(http: httpx.Client, content_type: str | None) -> None:
+    # A web page can make a browser POST plain text or a form to any origin without asking
+    # (no CORS preflight): with auth off, that would be anyone's page submitting jobs.
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    body = b'{"input": 1, "timeout_s": 1}'
+    for path in ("/v1/pipelines/echo/jobs", "/v1/pipelines/echo"):
+        response = http.post(path, content=body, headers=headers)
+        doc = error(response, 415, "unsupported_media_type")
+        assert "application/json" in doc["message"]
+    assert http.get("/v1/pipelines/echo").json()["backlog"] == 0
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON;charset=UTF-8",
+        "application/vnd.batchline+json",
+    ],
+)
+def test_json_media_types_are_taken(http: httpx.Client, content_type: str) -> None:
+    response = http.post(
+        "/v1/pipelines/echo/jobs", content=b'{"input": 1}', headers={"Content-Type": content_type}
+    )
+    assert response.status_code == 202, response.text
 
 
 def test_a_422_cuts_the_values_it_repeats(http: httpx.Client) -> None:
