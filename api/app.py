@@ -15,6 +15,7 @@ from api import errors
 from api.fastpath import FastPath
 from api.gateway import Gateway
 from api.limits import BodyLimit
+from api.methods import HeadAsGet
 from api.metrics import Metrics, RequestMetrics
 from api.routes import ops, v1
 from queueing.client import AsyncClient
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastPath:
 
     # Added last, run first: metrics see every request, including a 413. The hot routes are
     # served before all of FastAPI's layers, with the same limit, metrics and error mapping.
+    app.add_middleware(HeadAsGet)
     app.add_middleware(BodyLimit, limit=body_limit)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return FastPath(app, metrics=metrics, limit=body_limit)

@@ -10,6 +10,7 @@ The body is always JSON of one shape, never a traceback::
 - 415 ``UnsupportedMediaType``: a body sent as anything but JSON (``Content-Type``)
 - 401 ``Unauthorized``: ``WWW-Authenticate: Bearer``
 - 404 ``UnknownPipeline``, ``UnknownJob`` (another key's job is unknown too), unknown routes
+- 405 a method the path does not take: ``Allow`` lists every one it does
 - 409 ``IdempotencyConflict``: ``id`` of the job the key names
 - 429 ``QueueFull``: ``Retry-After``
 - 503 ``BrokerUnavailable`` (and redis-py's connection errors, should one slip by),
@@ -37,6 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from api.documents import JSONResponse, job_path
+from api.methods import allowed_methods
 from queueing.errors import (
     BatchlineError,
     BrokerUnavailable,
@@ -199,7 +201,17 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    if exc.status_code == 405:
+        # Starlette's Allow names the methods of the first route on the path; a path served
+        # by several routes (GET and POST /v1/pipelines/{name}) takes all of theirs.
+        allowed = ", ".join(allowed_methods(request))
+        return problem(
+            405,
+            "method_not_allowed",
+            f"{cut(request.url.path)} takes {allowed}",
+            {**(exc.headers or {}), "Allow": allowed},
+        )
+    code = {404: "not_found"}.get(exc.status_code, "http_error")
     return problem(exc.status_code, code, str(exc.detail), exc.headers)
 
 

@@ -1,4 +1,4 @@
-"""Bad input and overload get clear answers: 422, 413, 415, 404, 429, 503; never a 500
+"""Bad input and overload get clear answers: 422, 413, 415, 405, 404, 429, 503; never a 500
 traceback, nor a message repeating a whole input or naming what is internal."""
 
 from __future__ import annotations
@@ -262,8 +262,23 @@ def test_a_deployment_problem_is_a_500_whose_details_are_logged_not_sent(
     assert http.get("/v1/pipelines/broken").json()["backlog"] == 0  # nothing was queued
 
 
-def test_a_wrong_method_is_405(http: httpx.Client) -> None:
-    error(http.delete("/v1/pipelines"), 405, "method_not_allowed")
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("DELETE", "/v1/pipelines", "GET, HEAD"),
+        ("DELETE", "/v1/pipelines/echo", "GET, HEAD, POST"),  # two routes on one path
+        ("PUT", "/v1/jobs/0-" + "0" * 32, "DELETE, GET, HEAD"),
+        ("GET", "/v1/pipelines/echo/jobs", "POST"),
+        ("POST", "/healthz", "GET, HEAD"),
+    ],
+)
+def test_a_wrong_method_is_405_allowing_every_method_of_the_path(
+    http: httpx.Client, method: str, path: str, allow: str
+) -> None:
+    response = http.request(method, path)
+    doc = error(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == allow
+    assert allow in doc["message"]
 
 
 def nested(depth: int) -> bytes:

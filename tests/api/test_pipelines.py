@@ -62,6 +62,19 @@ def test_health_and_readiness(http: httpx.Client) -> None:
     assert {"echo", "mlp"} <= set(ready.json()["pipelines"])
 
 
+def test_head_is_answered_wherever_get_is(http: httpx.Client) -> None:
+    job = http.post("/v1/pipelines/echo/jobs", json={"input": 1}).json()
+    for path in ("/healthz", "/readyz", "/v1/pipelines", "/v1/pipelines/echo", job["url"]):
+        get, head = http.get(path), http.head(path)
+        assert head.status_code == get.status_code == 200, path
+        assert head.content == b""
+        assert head.headers["content-type"] == get.headers["content-type"]
+        assert head.headers["content-length"] == get.headers["content-length"]
+    assert http.head("/v1/pipelines/nope").status_code == 404
+    not_allowed = http.head("/v1/pipelines/echo/jobs")
+    assert (not_allowed.status_code, not_allowed.headers["allow"]) == (405, "POST")
+
+
 def test_metrics(http: httpx.Client, workers: Callable) -> None:
     workers("echo")
     assert http.post("/v1/pipelines/echo", json={"input": 1}).status_code == 200
