@@ -6,14 +6,16 @@ them (and the bodies that :mod:`api.submission` parses by hand) for ``/docs``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 from fastapi import Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse as _StarletteJSONResponse
 from starlette.responses import Response
 
+from queueing.client.core import MAX_SUBMIT_MANY
 from queueing.jobs import JobStatus, Snapshot
 from queueing.overview import Overview
 from queueing.registry import PipelineSpec
@@ -71,27 +73,46 @@ def pipeline_document(spec: PipelineSpec, view: Overview) -> dict[str, Any]:
 # -- models for the OpenAPI page ---------------------------------------------------------------
 
 
-class SubmitBody(BaseModel):
-    """One input (``input``) or several (``inputs``), with an optional deadline."""
+def _one_of(*fields: str) -> Callable[[dict[str, Any]], None]:
+    """A body schema's edit: exactly one of ``fields`` is required (rather than all)."""
 
-    input: Any = Field(None, description="The pipeline's input (checked against its schema).")
-    inputs: list[Any] | None = Field(
-        None, description="Several inputs, each its own job (instead of `input`)."
+    def edit(schema: dict[str, Any]) -> None:
+        schema["required"] = [name for name in schema["required"] if name not in fields]
+        if not schema["required"]:
+            del schema["required"]
+        schema["oneOf"] = [{"required": [name]} for name in fields]
+
+    return edit
+
+
+_TIMEOUT_S = (
+    "Seconds from now after which a worker no longer starts the job (it expires). For the "
+    "synchronous call, also how long to wait (at most the gateway's BATCHLINE_MAX_WAIT_S)."
+)
+
+
+class SubmitBody(BaseModel):
+    """One input (`input`) or several (`inputs`), with an optional deadline: exactly one of
+    the two, and no other field."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_one_of("input", "inputs"))
+
+    input: Any = Field(description="The pipeline's input (checked against its schema).")
+    inputs: list[Any] = Field(
+        min_length=1,
+        max_length=MAX_SUBMIT_MANY,
+        description="Several inputs, each its own job (instead of `input`).",
     )
-    timeout_s: float | None = Field(
-        None,
-        gt=0,
-        description="Seconds from now after which a worker no longer starts the job (it "
-        "expires). For the synchronous call, also how long to wait (at most the gateway's "
-        "BATCHLINE_MAX_WAIT_S).",
-    )
+    timeout_s: float | None = Field(None, gt=0, description=_TIMEOUT_S)
 
 
 class RunBody(BaseModel):
-    """One input, with an optional deadline (which also bounds the wait)."""
+    """One input, with an optional deadline (which also bounds the wait), and no other field."""
+
+    model_config = ConfigDict(extra="forbid")
 
     input: Any = Field(..., description="The pipeline's input (checked against its schema).")
-    timeout_s: float | None = Field(None, gt=0)
+    timeout_s: float | None = Field(None, gt=0, description=_TIMEOUT_S)
 
 
 class Accepted(BaseModel):
@@ -128,11 +149,12 @@ class ErrorDocument(BaseModel):
     message: str
 
 
-def request_body(model: type[BaseModel]) -> dict[str, Any]:
+def request_body(model: type[BaseModel], description: str) -> dict[str, Any]:
     """``openapi_extra`` describing a body that the endpoint reads itself."""
     return {
         "requestBody": {
             "required": True,
+            "description": description,
             "content": {"application/json": {"schema": model.model_json_schema()}},
         }
     }

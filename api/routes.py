@@ -24,7 +24,7 @@ from api.documents import (
 )
 from api.errors import InvalidInput, NotReady
 from api.gateway import Gateway
-from api.submission import check_content_type, parse_submission
+from api.submission import MAX_DEPTH, MAX_INT, MIN_INT, check_content_type, parse_submission
 from queueing.errors import BrokerUnavailable, UnknownPipeline
 
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
@@ -94,6 +94,12 @@ def _idempotency_key(request: Request) -> str | None:
     return key
 
 
+_BODY = (
+    "JSON, sent with `Content-Type: application/json` (or another `application/*+json`). "
+    f"Arrays and objects nest at most {MAX_DEPTH} levels deep (the body's object is the first); "
+    f"integers are from {MIN_INT} to {MAX_INT}."
+)
+
 v1 = APIRouter(prefix="/v1", tags=["jobs"])
 ops = APIRouter(tags=["operations"])
 
@@ -110,7 +116,7 @@ ops = APIRouter(tags=["operations"])
         },
         **error_responses(401, 404, 409, 413, 415, 422, 429, 503),
     },
-    openapi_extra={**request_body(SubmitBody), **_HOT_DOCS},
+    openapi_extra={**request_body(SubmitBody, _BODY), **_HOT_DOCS},
 )
 async def submit(name: str, request: Request) -> Response:
     """Queue `{"input": ...}` (answers one job) or `{"inputs": [...]}` (answers a list, one job
@@ -140,7 +146,7 @@ async def submit(name: str, request: Request) -> Response:
         },
         **error_responses(401, 404, 409, 413, 415, 422, 429, 503, 504),
     },
-    openapi_extra={**request_body(RunBody), **_HOT_DOCS},
+    openapi_extra={**request_body(RunBody, _BODY), **_HOT_DOCS},
 )
 async def run(name: str, request: Request) -> Response:
     """Submit `{"input": ...}` and wait until the job finishes, at most `timeout_s` (and at

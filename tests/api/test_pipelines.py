@@ -5,11 +5,16 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import httpx
+import jsonschema
+import orjson
+import pytest
 
 from pipelines.loading import load_pipelines
 from tests.api.conftest import LiveGateway
+from tests.api.test_errors import JSON
 from tests.conftest import ROOT
 
 
@@ -117,6 +122,48 @@ def test_openapi_docs(http: httpx.Client) -> None:
     submit = paths["/v1/pipelines/{name}/jobs"]["post"]
     assert "input" in submit["requestBody"]["content"]["application/json"]["schema"]["properties"]
     assert {"202", "413", "422", "429", "503"} <= set(submit["responses"])
+
+
+BODIES: list[Any] = [
+    {},
+    {"input": 1},
+    {"input": None},
+    {"input": {"any": ["thing"]}},
+    {"inputs": [1, 2]},
+    {"inputs": []},
+    {"inputs": None},
+    {"inputs": 1},
+    {"inputs": [1] * 10_000},
+    {"inputs": [1] * 10_001},
+    {"input": 1, "inputs": [1]},
+    {"input": 1, "inputs": None},
+    {"input": 1, "extra": 1},
+    {"input": 1, "timeout_s": 0.5},
+    {"input": 1, "timeout_s": 3},
+    {"input": 1, "timeout_s": None},
+    {"input": 1, "timeout_s": 0},
+    {"input": 1, "timeout_s": -1},
+    {"input": 1, "timeout_s": "1"},
+    {"input": 1, "timeout_s": True},
+    {"timeout_s": 1},
+    [1],
+    1,
+    None,
+]
+
+
+@pytest.mark.parametrize("path", ["/v1/pipelines/{name}/jobs", "/v1/pipelines/{name}"])
+def test_the_published_body_schemas_take_exactly_what_the_gateway_takes(
+    http: httpx.Client, path: str
+) -> None:
+    body = http.get("/openapi.json").json()["paths"][path]["post"]["requestBody"]
+    assert "415" in http.get("/openapi.json").json()["paths"][path]["post"]["responses"]
+    validator = jsonschema.Draft202012Validator(body["content"]["application/json"]["schema"])
+    url = path.format(name="nope")  # a body the gateway takes is then a 404, never queued
+    for doc in BODIES:
+        status = http.post(url, content=orjson.dumps(doc), headers=JSON).status_code
+        assert status in (404, 422)
+        assert validator.is_valid(doc) == (status == 404), str(doc)[:80]
 
 
 def test_docs_need_no_key(
