@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from api import errors
 from api.fastpath import FastPath
-from api.gateway import Gateway
+from api.gateway import GATEWAY_RETRY_S, Gateway
 from api.limits import BodyLimit
 from api.methods import HeadAsGet
 from api.metrics import Metrics, RequestMetrics
@@ -40,7 +40,9 @@ def create_app(settings: Settings | None = None) -> FastPath:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resolved = settings or Settings.from_env()
-        client = AsyncClient(resolved)
+        # A request rides out a Redis blip of up to a second, then gets its 503 (a client
+        # of its own would rather wait longer: BATCHLINE_RETRY_S).
+        client = AsyncClient(resolved.replace(retry_s=min(resolved.retry_s, GATEWAY_RETRY_S)))
         gateway = Gateway(resolved, client, metrics)
         try:
             await gateway.warm_up()

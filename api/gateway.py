@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 REGISTRY_TTL_S = 2.0
 """How long the gateway trusts its copy of the registry before reading it again (a pipeline
 re-published with a new schema is seen within this time)."""
+GATEWAY_RETRY_S = 1.0
+"""Longest the gateway's Redis calls retry while Redis is unreachable, before a 503."""
 SUBSCRIBE_TIMEOUT_S = 2.0
 """How long a request waits for the result listener to (re)subscribe before answering 503."""
 
