@@ -43,6 +43,9 @@ RETRY_S = 0.5
 MIN_POLL_S = 0.0005
 T = TypeVar("T")
 
+CLAIM_BATCHES = 4
+"""A heartbeat claims up to this many batches' worth of a dead consumer's entries."""
+
 OWN_PENDING_LIMIT = 100_000
 """Most entries re-read at start-up from a previous life under the same consumer name."""
 
@@ -91,7 +94,8 @@ class StageLoop:
         only after they are done."""
         self.done = asyncio.Event()
         self._stop = asyncio.Event()
-        self._recovered: deque[Delivery] = deque()
+        self._recovered: deque[list[Delivery]] = deque()
+        """Batches of recovered entries, run before new ones."""
         self._beat_log = OutageLog(log, f"stage {stage.name}: heartbeat")
         self._io_log = OutageLog(log, f"stage {stage.name}: redis")
 
@@ -131,10 +135,11 @@ class StageLoop:
         """Fill the inbox: first this consumer's own pending entries (a restart under the
         same name), then new ones, in batches."""
         try:
-            self._recover(await self.queue.read(OWN_PENDING_LIMIT, None, own_pending=True))
+            own = await self.queue.read(OWN_PENDING_LIMIT, None, own_pending=True)
+            self._recover(own, alone=True)  # (their delivery counts are not known here)
             while not stop.is_set():
                 while self._recovered:
-                    await self._put([self._recovered.popleft()])
+                    await self._put(self._recovered.popleft())
                 # Snapshot first: whatever upstream handed on before it finished is readable now.
                 upstream_done = all(loop.done.is_set() for loop in self.upstream)
                 deliveries = await self._persist("read", self.read_batch)
@@ -151,14 +156,26 @@ class StageLoop:
         finally:
             await self._inbox.put(None)
 
-    def _recover(self, deliveries: list[Delivery]) -> None:
+    def _recover(self, deliveries: list[Delivery], *, alone: bool = False) -> None:
         """Queue recovered entries (a dead consumer's, or our own from a previous life) for
-        the read loop, which runs them one per batch: one of them may be what crashed it, and a
-        crash must count against that entry alone, not against every item of its batch. They
-        are held (touched by heartbeats) from now on."""
+        the read loop. One of them may be what crashed a worker, and a crash counts an attempt
+        against every item of its batch: an entry on its first redelivery that still has an
+        attempt to spare after this one runs in a batch again (a batch that crashes again
+        leaves each item that spare attempt); any other runs alone, so that a crash counts
+        against it alone. They are held (touched by heartbeats) from now on."""
+        size = self.config.max_batch_size
+        batch: list[Delivery] = []
         for delivery in deliveries:
             self.held[delivery.entry_id] = delivery
-        self._recovered.extend(deliveries)
+            if alone or delivery.deliveries > min(2, self.settings.max_deliveries - 1):
+                self._recovered.append([delivery])
+            else:
+                batch.append(delivery)
+                if len(batch) == size:
+                    self._recovered.append(batch)
+                    batch = []
+        if batch:
+            self._recovered.append(batch)
 
     async def _put(self, deliveries: list[Delivery]) -> None:
         for delivery in deliveries:
@@ -377,7 +394,7 @@ class StageLoop:
         # Claimed whatever the load (a standing backlog must not delay recovery), but not
         # while entries claimed earlier still wait for their turn.
         if not self._recovered:
-            claimed, gone = await self.queue.claim(self.config.max_batch_size)
+            claimed, gone = await self.queue.claim(CLAIM_BATCHES * self.config.max_batch_size)
             if gone:
                 log.warning(
                     "stage %s: dropped %d pending entries whose payload was deleted",

@@ -281,11 +281,8 @@ def test_a_dead_workers_entries_are_recovered_while_the_stage_is_busy(
     finished = sorted(r.finished_at or 0.0 for r in records)
     first, last = finished[0] - killed_at, finished[-1] - killed_at
     assert first <= limit, f"nothing was claimed within {limit:.2f}s of the kill ({first:.2f}s)"
-    if last > limit:
-        # Known gap (reported): a heartbeat claims at most max_batch_size entries, so a worker
-        # that held k batches (one in its model, more read ahead) is recovered over k beats.
-        pytest.xfail(
-            f"the last of the killed worker's {len(records)} entries was re-run {last:.2f}s "
-            f"after the kill, past {limit:.2f}s (visibility timeout + 2 heartbeats): "
-            "workers/loop.py beat() claims at most max_batch_size entries per heartbeat"
-        )
+    # (0.5 s of slack for a loaded 2-core CI machine; here the last one ends 1.2-1.4 s in)
+    assert last <= limit + 0.5, (
+        f"the last of the killed worker's {len(records)} entries was re-run {last:.2f}s after "
+        f"the kill, past {limit:.2f}s (visibility timeout + 2 heartbeats)"
+    )
