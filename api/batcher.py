@@ -37,13 +37,19 @@ class SubmitBatcher:
         timeout_s: float | None,
         idempotency_keys: Sequence[str | None] | None,
         owner: str | None,
+        result_ttl_s: float | None = None,
     ) -> list[tuple[str, bool]]:
         """Queue one request's inputs; each job's id and whether this request created it.
         ValueError for bad arguments; the request's own BatchlineError otherwise."""
         if self._plan is None:
             self._plan = SubmitPlan(self.client.core)
         self._plan.add(
-            spec, inputs, timeout_s=timeout_s, idempotency_keys=idempotency_keys, owner=owner
+            spec,
+            inputs,
+            timeout_s=timeout_s,
+            idempotency_keys=idempotency_keys,
+            owner=owner,
+            result_ttl_s=result_ttl_s,
         )
         future: asyncio.Future[list[tuple[str, bool]]] = asyncio.get_running_loop().create_future()
         self._waiting.append(future)

@@ -94,6 +94,7 @@ class Gateway:
         *,
         idempotency_key: str | None,
         owner: str | None,
+        result_ttl_s: float | None = None,
     ) -> list[tuple[str, JobStatus]]:
         """Check and enqueue the submission's inputs; each job's id with its status now."""
         spec = await self.spec(pipeline)
@@ -105,6 +106,7 @@ class Gateway:
             timeout_s=submission.timeout_s,
             idempotency_keys=self._idempotency_keys(idempotency_key, owner, submission),
             owner=owner,
+            result_ttl_s=result_ttl_s,
         )
         self.metrics.submitted.labels(pipeline).inc(len(ids))
         if idempotency_key is None:
@@ -125,8 +127,13 @@ class Gateway:
     ) -> Snapshot:
         """Submit one input and wait for its end (ResultTimeout past the timeout: the job goes
         on, the caller can poll it)."""
+        # Its result goes back in the answer: the record is kept only for a retry.
         [(job_id, _)] = await self.submit(
-            pipeline, submission, idempotency_key=idempotency_key, owner=owner
+            pipeline,
+            submission,
+            idempotency_key=idempotency_key,
+            owner=owner,
+            result_ttl_s=self.settings.sync_result_ttl_s,
         )
         # A job this request created wakes this gateway; one named by a replayed key is
         # WATCHed first.

@@ -90,6 +90,8 @@ class NewJob:
     idempotency_key: str | None = None
     """The full key name (:meth:`queueing.keys.Keys.idempotency`), None for none."""
     fingerprint: str = ""
+    result_ttl: str = ""
+    """Seconds its record is kept once it has ended; '' for the default (result_ttl_s)."""
 
 
 @dataclass(slots=True)
@@ -130,7 +132,10 @@ class SubmitCall:
                 if job.idempotency_key is not None:
                     idem_keys.append(job.idempotency_key)
                     slot = 1 + n_jobs + len(idem_keys)
-                args += [job.id, slot, job.fingerprint, job.deadline, job.fmt, job.data]
+                args += [
+                    *(job.id, slot, job.fingerprint, job.deadline, job.fmt, job.data),
+                    job.result_ttl,
+                ]
         return keys + idem_keys, args
 
 

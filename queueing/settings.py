@@ -30,6 +30,9 @@ class Settings:
     """How many hash-tagged partitions each stage's stream is split into."""
     result_ttl_s: float = 3600.0
     """How long a finished job's record (and result) is kept."""
+    sync_result_ttl_s: float = 60.0
+    """How long the gateway keeps the record of a job it ran synchronously (its result was in
+    the answer already): long enough for a retry with the same Idempotency-Key."""
     visibility_timeout_s: float = 30.0
     """A consumer silent for this long loses its in-flight entries to a live worker."""
     max_deliveries: int = 3
@@ -85,6 +88,7 @@ class Settings:
         checks = [
             ("partitions", self.partitions >= 1),
             ("result_ttl_s", 1 <= self.result_ttl_s < 1e9),
+            ("sync_result_ttl_s", 1 <= self.sync_result_ttl_s < 1e9),
             ("visibility_timeout_s", 0 < self.visibility_timeout_s < 1e6),
             ("max_deliveries", self.max_deliveries >= 1),
             ("max_backlog", self.max_backlog >= 1),

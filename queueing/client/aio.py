@@ -193,10 +193,12 @@ class AsyncClient:
         deadline: float | None = None,
         idempotency_key: str | None = None,
         owner: str | None = None,
+        result_ttl_s: float | None = None,
     ) -> AsyncJob:
         """Enqueue one input. ``timeout_s`` (from now) or ``deadline`` (unix seconds) bound
         when a worker may still start it; ``idempotency_key`` makes retries return the same
-        job (the same key with another input raises IdempotencyConflict)."""
+        job (the same key with another input raises IdempotencyConflict); ``result_ttl_s``
+        is how long the job is kept once it has ended (default: BATCHLINE_RESULT_TTL_S)."""
         jobs = await self.submit_many(
             pipeline,
             [input],
@@ -204,6 +206,7 @@ class AsyncClient:
             deadline=deadline,
             idempotency_keys=[idempotency_key],
             owner=owner,
+            result_ttl_s=result_ttl_s,
         )
         return jobs[0]
 
@@ -216,6 +219,7 @@ class AsyncClient:
         deadline: float | None = None,
         idempotency_keys: Sequence[str | None] | None = None,
         owner: str | None = None,
+        result_ttl_s: float | None = None,
     ) -> list[AsyncJob]:
         """Enqueue several inputs in one round trip, each its own job; all or none (QueueFull)
         within a partition (inputs without an idempotency key share one)."""
@@ -228,6 +232,7 @@ class AsyncClient:
             deadline=deadline,
             idempotency_keys=idempotency_keys,
             owner=owner,
+            result_ttl_s=result_ttl_s,
         )
         (ids,) = await self.send(plan)
         if isinstance(ids, Exception):

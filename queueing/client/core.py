@@ -49,9 +49,7 @@ SUBMIT_CHUNK = 256
 class _Request:
     """One caller's inputs: where each landed (call index, group index, position)."""
 
-    count: int
     places: list[tuple[int, int, int]] = field(default_factory=list)
-    keys: list[str | None] = field(default_factory=list)
 
 
 class SubmitPlan:
@@ -73,9 +71,12 @@ class SubmitPlan:
         deadline: float | None = None,
         idempotency_keys: Sequence[str | None] | None = None,
         owner: str | None = None,
+        result_ttl_s: float | None = None,
     ) -> int:
-        """Plan one request; returns its number (for :meth:`results`). ValueError for a bad
-        argument (too many inputs, a timeout <= 0, keys that do not match the inputs)."""
+        """Plan one request; returns its number (for :meth:`results`). ``result_ttl_s``: how
+        long its jobs are kept once ended (default: the ``result_ttl_s`` setting). ValueError
+        for a bad argument (too many inputs, a timeout or ttl <= 0, keys that do not match the
+        inputs)."""
         core = self.core
         if len(inputs) > MAX_SUBMIT_MANY:
             raise ValueError(
@@ -93,6 +94,9 @@ class SubmitPlan:
                 raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
             deadline = now + timeout_s if deadline is None else min(deadline, now + timeout_s)
         stamp = repr(deadline) if deadline is not None else ""
+        if result_ttl_s is not None and not 1 <= result_ttl_s < 1e9:
+            raise ValueError(f"result_ttl_s must be 1 to 1e9 seconds, got {result_ttl_s}")
+        ttl = "" if result_ttl_s is None else str(int(result_ttl_s))
         # Inputs without an idempotency key share one partition, so one script takes them
         # all or none; a keyed input lives where its key hashes.
         shared = core.partition_for(spec.name, None)
@@ -113,10 +117,11 @@ class SubmitPlan:
                         stamp,
                         None if idem is None else core.keys.idempotency(partition, spec.name, idem),
                         "" if idem is None else hashlib.sha256(data).hexdigest(),
+                        ttl,
                     ),
                 )
             )
-        request = _Request(len(inputs), keys=keys)
+        request = _Request()
         groups: dict[int, tuple[int, int, list[NewJob]]] = {}
         for partition, job in placed:
             if partition not in groups:

@@ -2,8 +2,9 @@
 --
 -- A job's hash: status, pipeline, stage, created_at, reply (the waiters' channels), entry (its
 -- current stream entry: '' while a fan-out's branches are in flight), started_at, timings (the
--- stages' timing objects, comma-joined), a:<stage> (attempts), then result or error,
--- finished_at and final_stage once it has ended.
+-- stages' timing objects, comma-joined), a:<stage> (attempts), ttl (seconds it is kept once
+-- ended, if not the default), then result or error, finished_at and final_stage once it has
+-- ended.
 
 local LIVE = {queued = true, running = true}
 local notices = {}
@@ -38,13 +39,13 @@ end
 -- notice is the whole job document, so no waiter has to read the record back:
 -- '<job> <status> <stage> <pipeline> <created_at> <started_at> <finished_at> <#timings> <#value>\n'
 -- then the timings and the value (result JSON, or the error text).
--- state: the job's HMGET of status, reply, pipeline, created_at, started_at, timings.
+-- state: the job's HMGET of status, reply, pipeline, created_at, started_at, timings, ttl.
 local function end_job(job, job_id, state, status, value, now, ttl, stage, timing)
   local field = status == 'done' and 'result' or 'error'
   local timings = joined(state[6], timing)
   redis.call('HSET', job, 'status', status, field, value, 'finished_at', now, 'final_stage', stage,
     'timings', timings)
-  redis.call('EXPIRE', job, ttl)
+  redis.call('EXPIRE', job, state[7] or ttl)
   local reply = state[2]
   if not reply or reply == '' then return end
   -- (kept as parts, joined once per channel by flush_notices: a value is copied once)
@@ -60,7 +61,7 @@ end
 -- The fields end_job needs, in its order.
 local function job_state(job)
   return redis.call('HMGET', job, 'status', 'reply', 'pipeline', 'created_at', 'started_at',
-    'timings')
+    'timings', 'ttl')
 end
 
 -- One PUBLISH per channel for all the wake-ups of this call.

@@ -5,7 +5,7 @@
 -- ARGV: pipeline, stage, now, max_backlog, idem_ttl, reply channel, owner, retry, then per group:
 --   n jobs, keyed (1 if any job of the group has an idempotency key, else 0), then per job:
 --   job id, idempotency key slot in KEYS (0: none), fingerprint, deadline ('' none),
---   fmt ('' json), data
+--   fmt ('' json), data, result ttl ('' the default: FINISH's)
 -- Answers per group: {'ok', kind, id, kind, id...} (kind 'queued' or 'existing'),
 --   {'conflict', job id, index of the job in its group}, or {'full', backlog}.
 --
@@ -16,7 +16,7 @@
 local stream = KEYS[1]
 local pipeline, stage, now, max_backlog = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local idem_ttl, reply, owner, retry = ARGV[5], ARGV[6], ARGV[7], ARGV[8] == '1'
-local JOB_ARGS = 6
+local JOB_ARGS = 7
 
 -- The job an idempotency key names, and the fingerprint of its input.
 local function named_by(idem_slot)
@@ -34,9 +34,10 @@ end
 
 -- Queue the job whose arguments start at ARGV[at], its key KEYS[slot].
 local function queue(slot, at)
-  local id, deadline, fmt, data = ARGV[at], ARGV[at + 3], ARGV[at + 4], ARGV[at + 5]
+  local id, deadline, fmt, data, ttl = ARGV[at], ARGV[at + 3], ARGV[at + 4], ARGV[at + 5],
+    ARGV[at + 6]
   local entry = add_entry(stream, id, data, now, deadline, fmt)
-  if deadline == '' and owner == '' then  -- (the usual record, without a table to build)
+  if deadline == '' and owner == '' and ttl == '' then  -- (the usual record, no table built)
     redis.call('HSET', KEYS[slot], 'status', 'queued', 'pipeline', pipeline, 'stage', stage,
       'created_at', now, 'reply', reply, 'entry', entry)
   else
@@ -44,6 +45,7 @@ local function queue(slot, at)
       'created_at', now, 'reply', reply, 'entry', entry}
     if deadline ~= '' then record[#record + 1] = 'deadline'; record[#record + 1] = deadline end
     if owner ~= '' then record[#record + 1] = 'owner'; record[#record + 1] = owner end
+    if ttl ~= '' then record[#record + 1] = 'ttl'; record[#record + 1] = ttl end
     redis.call('HSET', KEYS[slot], unpack(record))
   end
   return id

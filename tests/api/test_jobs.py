@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import redis
 
+from queueing.keys import Keys
 from queueing.settings import Settings
 from tests.api.conftest import LiveGateway
 
@@ -214,3 +215,21 @@ def test_mlp_runs_through_the_gateway(http: httpx.Client, workers: Callable) -> 
     result = response.json()["result"]
     assert 0 <= result["label"] < 4
     assert abs(sum(result["probs"]) - 1) < 1e-4
+
+
+def test_a_synchronous_job_is_kept_only_briefly_once_answered(
+    http: httpx.Client, workers: Callable, api_settings: Settings
+) -> None:
+    """Issue 10.16: a sync call's result is in its answer; its record is kept for
+    sync_result_ttl_s (a retry's window), not result_ttl_s. A submitted job keeps the long TTL
+    (its caller has yet to poll it)."""
+    workers("echo")
+    r = redis.Redis.from_url(api_settings.redis_url)
+    keys = Keys(api_settings.prefix)
+    ran = http.post("/v1/pipelines/echo", json={"input": 1}).json()
+    assert ran["status"] == "done"
+    assert 0 < r.ttl(keys.job(ran["id"])) <= api_settings.sync_result_ttl_s
+    submitted = http.post("/v1/pipelines/echo/jobs", json={"input": 2}).json()
+    assert poll(http, submitted["url"])["status"] == "done"
+    assert r.ttl(keys.job(submitted["id"])) > api_settings.sync_result_ttl_s
+    r.close()

@@ -530,3 +530,21 @@ def test_map_refuses_a_bad_limit(client: Client) -> None:
 
 def test_map_of_nothing(client: Client) -> None:
     assert list(client.map("echo", [])) == []
+
+
+def test_result_ttl_s_is_how_long_an_ended_job_is_kept(
+    client: Client, settings: Settings, redis_client: redis.Redis
+) -> None:
+    short = client.submit("echo", 1, result_ttl_s=5)
+    default = client.submit("echo", 2)
+    cancelled = client.submit("echo", 3, result_ttl_s=7)
+    cancelled.cancel()
+    run(process(settings, "echo.run", 2))
+    assert short.result(timeout=10) == 1
+    assert default.result(timeout=10) == 2
+    keys = Keys(settings.prefix)
+    assert 0 < redis_client.ttl(keys.job(short.id)) <= 5
+    assert 5 < redis_client.ttl(keys.job(default.id)) <= settings.result_ttl_s
+    assert 0 < redis_client.ttl(keys.job(cancelled.id)) <= 7
+    with pytest.raises(ValueError, match="result_ttl_s"):
+        client.submit("echo", 4, result_ttl_s=0)
