@@ -22,7 +22,7 @@ from api.documents import (
     pipeline_document,
     request_body,
 )
-from api.errors import InvalidInput, NotReady
+from api.errors import InvalidInput, NotReady, Unauthorized
 from api.gateway import Gateway
 from api.submission import MAX_DEPTH, MAX_INT, MIN_INT, check_content_type, parse_submission
 from queueing.errors import BrokerUnavailable, UnknownPipeline
@@ -82,6 +82,19 @@ def _caller(request: Request) -> tuple[Gateway, str | None]:
         scheme, _, credentials = headers.get("authorization", "").partition(" ")
         presented = credentials.strip() if scheme.lower() == "bearer" else None
     return gateway, gateway.keys.owner(presented)
+
+
+def _sees_operations(request: Request) -> bool:
+    """Whether the caller may see the operations data (metrics, pipeline names): always with
+    auth off or BATCHLINE_PUBLIC_OPS, else with a valid key (401 for a wrong one)."""
+    gateway = cast(Gateway, request.app.state.gateway)
+    if not gateway.keys.enabled or gateway.settings.public_ops:
+        return True
+    headers = request.headers
+    if "x-api-key" not in headers and "authorization" not in headers:
+        return False
+    _caller(request)
+    return True
 
 
 def _idempotency_key(request: Request) -> str | None:
@@ -231,15 +244,24 @@ async def healthz() -> dict[str, str]:
     summary="Redis answers and pipelines are registered",
     responses=error_responses(503),
 )
-async def readyz(gateway: GatewayDep) -> Response:
+async def readyz(request: Request, gateway: GatewayDep) -> Response:
+    """200 once Redis answers and a pipeline is registered (for probes: no key needed); the
+    pipelines' names only for those who may see them (see BATCHLINE_PUBLIC_OPS)."""
     pipelines = await gateway.ready()
     if not pipelines:
         raise NotReady("no pipeline is registered yet: start a worker, or run `batchline register`")
+    if not _sees_operations(request):
+        return JSONResponse({"status": "ready"})
     return JSONResponse({"status": "ready", "pipelines": pipelines})
 
 
 @ops.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(gateway: GatewayDep) -> Response:
+async def metrics(request: Request, gateway: GatewayDep) -> Response:
+    """Prometheus text; with API keys on, for a valid key only (unless BATCHLINE_PUBLIC_OPS)."""
+    if not _sees_operations(request):
+        raise Unauthorized(
+            "an API key is required for /metrics (or set BATCHLINE_PUBLIC_OPS=1 to open it)"
+        )
     try:
         view = await gateway.overview()
     except BrokerUnavailable:

@@ -59,6 +59,9 @@ class Settings:
     """Stable consumer name (a restarted worker re-reads its own pending entries)."""
     api_keys: tuple[str, ...] = ()
     """SHA-256 hex digests of accepted API keys; empty means no auth."""
+    public_ops: bool = False
+    """With API keys on: whether /metrics and /readyz's list of pipelines are open without a
+    key (they need one by default; /readyz's status and /healthz always answer)."""
     max_body_bytes: int = 1_048_576
     """Largest request body the gateway accepts."""
     max_wait_s: float = 60.0

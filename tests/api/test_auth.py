@@ -42,9 +42,28 @@ def test_no_key_or_an_unknown_key_is_401(secured: LiveGateway) -> None:
             assert response.status_code == 401, response.request.url
             assert response.json()["error"] == "unauthorized"
             assert response.headers["www-authenticate"] == "Bearer"
-        # Operations endpoints stay open (probes and scrapers carry no key).
+        # Probes carry no key: /healthz and /readyz's status answer, without pipeline names;
+        # /metrics needs a key (issue 10.15).
         assert http.get("/healthz").status_code == 200
+        assert http.get("/readyz").json() == {"status": "ready"}
+        assert http.get("/metrics").status_code == 401
+        assert http.get("/metrics", headers={"X-API-Key": "wrong"}).status_code == 401
+        alice = {"Authorization": f"Bearer {ALICE}"}
+        assert http.get("/metrics", headers=alice).status_code == 200
+        assert "echo" in http.get("/readyz", headers=alice).json()["pipelines"]
+
+
+def test_operations_can_be_opened_with_public_ops(
+    api_settings: Settings,
+    register: Callable[[Settings], None],
+    start_gateway: Callable[[Settings], LiveGateway],
+) -> None:
+    settings = api_settings.replace(api_keys=(digest(ALICE),), public_ops=True)
+    register(settings)
+    with start_gateway(settings).client() as http:
         assert http.get("/metrics").status_code == 200
+        assert "echo" in http.get("/readyz").json()["pipelines"]
+        assert http.get("/v1/pipelines").status_code == 401  # the API itself stays closed
 
 
 def test_a_job_belongs_to_the_key_that_created_it(
