@@ -103,6 +103,8 @@ def cmd_register(args: argparse.Namespace) -> int:
 def cmd_web(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from api.protocol import BoundedHttpToolsProtocol
+
     settings = _settings(args)
     if not settings.redis_url:
         raise ConfigError(
@@ -119,6 +121,7 @@ def cmd_web(args: argparse.Namespace) -> int:
         log_level=args.log_level.lower(),
         access_log=not args.no_access_log,
         timeout_graceful_shutdown=args.graceful_s,
+        http=BoundedHttpToolsProtocol,
     )
     return 0
 

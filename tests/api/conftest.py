@@ -15,6 +15,7 @@ import pytest
 import uvicorn
 
 from api.app import create_app
+from api.protocol import BoundedHttpToolsProtocol
 from pipelines.loading import load_pipelines
 from queueing.connection import connect_async
 from queueing.settings import Settings
@@ -36,6 +37,7 @@ class LiveGateway:
             log_level="warning",
             lifespan="on",
             ws="none",
+            http=BoundedHttpToolsProtocol,
         )
         self.server = uvicorn.Server(config)
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
