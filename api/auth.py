@@ -33,6 +33,21 @@ def new_key() -> tuple[str, str]:
     return key, digest(key)
 
 
+def presented_key(x_api_key: str | None, authorization: str | None) -> str | None:
+    """The key a request presents (``X-API-Key: <key>`` or ``Authorization: Bearer <key>``).
+    Unauthorized for an Authorization header that is not a Bearer key, or for two headers that
+    name different keys: a request with a wrong credential is refused even beside a right one."""
+    bearer = None
+    if authorization is not None:
+        scheme, _, credentials = authorization.partition(" ")
+        bearer = credentials.strip()
+        if scheme.lower() != "bearer" or not bearer:
+            raise Unauthorized("the Authorization header must be 'Bearer <key>'")
+    if x_api_key and bearer and not hmac.compare_digest(x_api_key, bearer):
+        raise Unauthorized("X-API-Key and Authorization name different keys")
+    return x_api_key or bearer
+
+
 class ApiKeys:
     """The accepted keys' digests; :meth:`owner` authenticates one request."""
 

@@ -10,6 +10,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
+from api.auth import presented_key
 from api.documents import (
     Accepted,
     JobDocument,
@@ -40,12 +41,13 @@ GatewayDep = Annotated[Gateway, Depends(_gateway)]
 
 
 async def _owner(
-    gateway: GatewayDep,
+    request: Request,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     api_key: Annotated[str | None, Security(_api_key)],
 ) -> str | None:
-    """The caller's identity (None when auth is off); 401 without a valid key."""
-    return gateway.keys.owner(api_key or (bearer.credentials if bearer else None))
+    """The caller's identity (None when auth is off); 401 without a valid key. (The two
+    security schemes are declared for /docs; the headers are read as the hot routes do.)"""
+    return _caller(request)[1]
 
 
 Owner = Annotated[str | None, Depends(_owner)]
@@ -77,10 +79,7 @@ def _caller(request: Request) -> tuple[Gateway, str | None]:
     if not gateway.keys.enabled:
         return gateway, None
     headers = request.headers
-    presented = headers.get("x-api-key")
-    if not presented:
-        scheme, _, credentials = headers.get("authorization", "").partition(" ")
-        presented = credentials.strip() if scheme.lower() == "bearer" else None
+    presented = presented_key(headers.get("x-api-key"), headers.get("authorization"))
     return gateway, gateway.keys.owner(presented)
 
 
@@ -208,7 +207,12 @@ async def cancel_job(job_id: str, request: Request, gateway: GatewayDep, owner: 
     return job_document(request, await gateway.cancel(job_id, owner))
 
 
-@v1.get("/pipelines", response_model=None, summary="The registered pipelines")
+@v1.get(
+    "/pipelines",
+    response_model=None,
+    summary="The registered pipelines",
+    responses=error_responses(401, 503),
+)
 async def list_pipelines(gateway: GatewayDep, owner: Owner) -> Response:
     """Each pipeline's stages with their batch settings, its input schema and example, its
     backlog and the live workers serving it."""
@@ -242,7 +246,7 @@ async def healthz() -> dict[str, str]:
 @ops.get(
     "/readyz",
     summary="Redis answers and pipelines are registered",
-    responses=error_responses(503),
+    responses=error_responses(401, 503),
 )
 async def readyz(request: Request, gateway: GatewayDep) -> Response:
     """200 once Redis answers and a pipeline is registered (for probes: no key needed); the
@@ -255,7 +259,12 @@ async def readyz(request: Request, gateway: GatewayDep) -> Response:
     return JSONResponse({"status": "ready", "pipelines": pipelines})
 
 
-@ops.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@ops.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses=error_responses(401),
+)
 async def metrics(request: Request, gateway: GatewayDep) -> Response:
     """Prometheus text; with API keys on, for a valid key only (unless BATCHLINE_PUBLIC_OPS)."""
     if not _sees_operations(request):
