@@ -30,6 +30,7 @@ def test_schemathesis_finds_no_failure(
     register: Callable[[Settings], None],
     start_gateway: Callable[[Settings], LiveGateway],
     workers: Callable[..., subprocess.Popen[bytes]],
+    tmp_path: Path,
 ) -> None:
     settings = api_settings.replace(api_keys=(digest(KEY),))
     register(settings)
@@ -46,5 +47,6 @@ def test_schemathesis_finds_no_failure(
         text=True,
         timeout=280,
         check=False,
+        cwd=tmp_path,  # (where it keeps its state)
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
