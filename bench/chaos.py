@@ -1,0 +1,689 @@
+"""The chaos suite: fault scenarios against real processes (issue 10).
+
+```
+python -m bench.chaos                        # every scenario, N = 10,000 jobs each
+python -m bench.chaos --quick                # N = 1,000, shorter timings
+python -m bench.chaos worker-sigkill redis-kill --n 5000
+```
+
+Every scenario gets its own embedded server (valkey, AOF on, ``appendfsync everysec``, in a
+scratch folder), real ``python -m batchline worker chaos`` processes (two, visibility timeout
+1 s) serving :mod:`bench.chaos_pipelines`, and one :class:`queueing.Client`. It submits N jobs
+(``submit_many`` in chunks, at most ``WINDOW`` unfinished; scenario ``pubsub-kill`` through
+``Client.map``) while it injects its fault, then waits until every accepted job has ended or
+the drain limit has passed. Per scenario it reports:
+
+- ``accepted``: jobs a submit returned; ``done`` / ``failed`` / ``expired`` / ``cancelled``:
+  how they ended; ``lost``: accepted and not ended within the drain limit (must be 0);
+- ``executions``: model executions counted by the pipeline (one ``HINCRBY`` per item and
+  execution); ``extra exec``: executions beyond the first of each input (a re-run after a
+  crash; expected under SIGKILL, no error);
+- ``dup results``: results published more than once: the stage's ``done`` counter (counted
+  by the script that publishes a result) minus the jobs that ended done (must be 0);
+- ``dead``: entries in the stage's dead-letter stream; ``drain s``: first submit to the last
+  job's end; ``faults``: faults injected (kills, restarts, connections killed).
+
+JSON goes to ``bench/results/chaos-<date>.json`` (``--out`` to choose). The exit status is 1
+if a scenario lost a job, published a result twice, broke its own expectation (named in
+``problems``), or could not run.
+
+Scenarios, in this order:
+
+- ``worker-sigkill``: every ``kill_every_s`` (0.5 s) SIGKILL one of the two workers (in turn)
+  and start another in its place;
+- ``rolling-sigterm``: every ``roll_every_s`` start a new worker, wait until it is ready, then
+  SIGTERM the oldest (it must finish its batches and exit 0); no job may run twice;
+- ``redis-kill``: SIGKILL the server a few times and restart it on the same data folder, with
+  ``BATCHLINE_DURABLE_SUBMIT=1`` in client and workers: every accepted job must end;
+- ``pubsub-kill``: ``CLIENT KILL TYPE pubsub`` every 0.2 s during one ``Client.map`` of N
+  jobs: the map must complete (every result, in order) within the drain limit;
+- ``poison``: 1% of inputs make the model ``os._exit(1)``; dead workers are restarted; every
+  good job must end done, every poison one failed (dead-lettered).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from bench.chaos_pipelines import executions_key
+from bench.harness import ROOT, Child, Processes, child_env, machine_info, scratch_dir
+from queueing.client import Client, Job
+from queueing.errors import BatchlineError, ResultTimeout, UnknownJob
+from queueing.keys import Keys
+from queueing.server import EmbeddedServer
+from queueing.settings import Settings
+
+PIPELINE = "chaos"
+STAGE = "chaos.model"
+WINDOW = 2000
+"""Jobs submitted and not yet ended, at most (the submit loop's window)."""
+CHUNK = 50
+"""Inputs per submit_many."""
+READY_TIMEOUT_S = 60.0
+POISON_EVERY = 100
+"""One input in this many is poison (scenario ``poison``)."""
+
+
+@dataclass(frozen=True)
+class Timing:
+    """A run's timings (full, or ``--quick``)."""
+
+    n: int
+    visibility_timeout_s: float = 1.0
+    kill_every_s: float = 0.5
+    roll_every_s: float = 1.0
+    pubsub_kill_every_s: float = 0.2
+    redis_kills: int = 3
+    redis_kill_every_s: float = 3.0
+    redis_down_s: float = 0.5
+    flow_s: float = 20.0
+    """Submissions are paced to last this long (N / flow_s jobs per second), so that the
+    faults meet jobs in every state; the faults go on until every job has ended."""
+    fault_window_s: float = 60.0
+    """Faults stop after this long (or when every job has ended)."""
+    drain_limit_s: float = 600.0
+    """A job not ended this long after the first submit is lost."""
+
+    @classmethod
+    def of(cls, quick: bool, n: int | None) -> Timing:
+        if quick:
+            return cls(
+                n=n or 1_000,
+                flow_s=5.0,
+                roll_every_s=0.7,
+                redis_kills=2,
+                redis_kill_every_s=1.5,
+                fault_window_s=20.0,
+                drain_limit_s=90.0,
+            )
+        return cls(n=n or 10_000)
+
+
+@dataclass
+class Row:
+    """One scenario's outcome (a table row; the JSON holds every field)."""
+
+    scenario: str
+    n: int
+    accepted: int = 0
+    done: int = 0
+    failed: int = 0
+    expired: int = 0
+    cancelled: int = 0
+    lost: int = 0
+    executions: int = 0
+    extra_executions: int = 0
+    duplicate_results: int = 0
+    dead_lettered: int = 0
+    drain_s: float | None = None
+    faults: int = 0
+    problems: list[str] = field(default_factory=list)
+    """Expectations of the scenario that were not met (beyond lost and duplicate results)."""
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+    """Why the scenario could not run to its end."""
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.error is None
+            and self.lost == 0
+            and self.duplicate_results == 0
+            and not self.problems
+        )
+
+
+# -- a scenario's lab: server, workers, client settings -----------------------------------------
+
+
+class Lab:
+    """One scenario's server (in its own folder), worker processes and settings."""
+
+    def __init__(
+        self, workdir: Path, processes: Processes, timing: Timing, env: dict[str, str]
+    ) -> None:
+        self.workdir = workdir
+        self.processes = processes
+        self.timing = timing
+        self.server = EmbeddedServer(workdir / "redis")
+        self.extra_env = env
+        self.workers: list[Child] = []
+        self.started = 0
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> Lab:
+        self.start_server()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for child in list(self.workers):
+            self.processes.stop(child)
+        self.workers.clear()
+        self.server.stop()
+
+    def start_server(self) -> None:
+        self.server.start()
+        assert self.server.process is not None
+        self.processes.watch(self.server.process.pid)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(
+            redis_url=self.url,
+            prefix="chaos",
+            visibility_timeout_s=self.timing.visibility_timeout_s,
+            durable_submit=self.extra_env.get("BATCHLINE_DURABLE_SUBMIT") == "1",
+        )
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)
+
+    def worker_env(self) -> dict[str, str]:
+        return child_env(
+            {
+                "REDIS_URL": self.url,
+                "BATCHLINE_REDIS_URL": self.url,
+                "BATCHLINE_PREFIX": self.settings.prefix,
+                "BATCHLINE_PIPELINES": "bench.chaos_pipelines",
+                "BATCHLINE_DEVICE": "cpu",
+                "BATCHLINE_VISIBILITY_TIMEOUT_S": str(self.timing.visibility_timeout_s),
+                "BATCHLINE_BLOCK_MS": "200",
+                **self.extra_env,
+            }
+        )
+
+    def start_worker(self) -> Child:
+        """A ``batchline worker chaos`` process (not waited for)."""
+        argv = [sys.executable, "-m", "batchline", "--log-level", "WARNING", "worker", PIPELINE]
+        with self.lock:
+            self.started += 1
+            child = self.processes.start(f"worker{self.started}", argv, self.worker_env())
+            self.workers.append(child)
+        return child
+
+    def wait_ready(self, *children: Child) -> None:
+        """Until each of ``children`` has announced itself (its heartbeat names its pid)."""
+        client = self.redis()
+        key = Keys(self.settings.prefix).worker_info
+        limit = time.monotonic() + READY_TIMEOUT_S
+        waiting = {child.pid: child for child in children}
+        try:
+            while waiting:
+                with contextlib.suppress(redis.exceptions.RedisError):
+                    for raw in client.hvals(key):
+                        with contextlib.suppress(ValueError, TypeError, AttributeError):
+                            waiting.pop(int(json.loads(raw).get("pid")), None)
+                for child in list(waiting.values()):
+                    if not child.alive():
+                        raise BatchlineError(
+                            f"{child.name} exited with {child.process.returncode} at start:\n"
+                            f"{child.log_tail()}"
+                        )
+                if waiting and time.monotonic() > limit:
+                    raise BatchlineError(f"a worker was not ready in {READY_TIMEOUT_S:.0f}s")
+                time.sleep(0.05)
+        finally:
+            client.close()
+
+    def kill(self, child: Child) -> None:
+        """SIGKILL a worker (and forget it)."""
+        with contextlib.suppress(ProcessLookupError):
+            child.process.kill()
+        child.process.wait()
+        self.forget(child)
+
+    def forget(self, child: Child) -> None:
+        with self.lock, contextlib.suppress(ValueError):
+            self.workers.remove(child)
+        self.processes.stop(child)
+
+    # -- what Redis says once it is over --------------------------------------------------------
+
+    def tally(self, row: Row) -> None:
+        """Executions, duplicate results and dead letters, from Redis."""
+        keys = Keys(self.settings.prefix)
+        client = self.redis()
+        try:
+            counts = [int(v) for v in client.hvals(executions_key(self.settings.prefix))]
+            row.executions = sum(counts)
+            row.extra_executions = sum(c - 1 for c in counts if c > 1)
+            published = 0
+            for partition in range(self.settings.partitions):
+                published += int(client.hget(keys.stats(partition), f"{STAGE}:done") or 0)
+                row.dead_lettered += int(client.xlen(keys.dead(partition, STAGE)) or 0)
+            row.duplicate_results = max(0, published - row.done)
+            if published < row.done:
+                row.problems.append(f"{row.done} jobs done but {published} results counted")
+        finally:
+            client.close()
+
+
+# -- faults ---------------------------------------------------------------------------------
+
+Fault = Callable[[Lab, threading.Event, Row], None]
+"""Injects a fault until the event is set; counts what it did in ``row.faults``."""
+
+
+def _every(stop: threading.Event, period: float) -> Iterator[int]:
+    """0, 1, 2, ... once per ``period`` seconds until ``stop`` is set."""
+    i = 0
+    while not stop.wait(period):
+        yield i
+        i += 1
+
+
+def kill_workers(lab: Lab, stop: threading.Event, row: Row) -> None:
+    """SIGKILL the oldest worker every ``kill_every_s`` and start another in its place."""
+    for _ in _every(stop, lab.timing.kill_every_s):
+        with lab.lock:
+            victim = lab.workers[0] if lab.workers else None
+        if victim is not None:
+            lab.kill(victim)
+            row.faults += 1
+        lab.start_worker()
+    # leave two live workers for the drain
+    with lab.lock:
+        live = [child for child in lab.workers if child.alive()]
+    for child in live[:-2]:
+        lab.forget(child)
+
+
+def roll_workers(lab: Lab, stop: threading.Event, row: Row) -> None:
+    """Start a worker, wait until it is ready, SIGTERM the oldest; it must exit 0."""
+    for _ in _every(stop, lab.timing.roll_every_s):
+        with lab.lock:
+            oldest = lab.workers[0] if lab.workers else None
+        fresh = lab.start_worker()
+        lab.wait_ready(fresh)
+        if oldest is None:
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            oldest.process.send_signal(signal.SIGTERM)
+        try:
+            code = oldest.process.wait(30)
+        except Exception:
+            code = None
+        row.faults += 1
+        if code != 0:
+            row.problems.append(f"{oldest.name} exited with {code} after SIGTERM")
+        lab.forget(oldest)
+
+
+def kill_redis(lab: Lab, stop: threading.Event, row: Row) -> None:
+    """SIGKILL the server ``redis_kills`` times and restart it on the same data folder."""
+    for i in _every(stop, lab.timing.redis_kill_every_s):
+        if i >= lab.timing.redis_kills:
+            return
+        lab.server.kill()
+        row.faults += 1
+        time.sleep(lab.timing.redis_down_s)
+        lab.start_server()
+
+
+def kill_pubsub(lab: Lab, stop: threading.Event, row: Row) -> None:
+    """``CLIENT KILL TYPE pubsub`` (every subscriber, the client's listener among them)."""
+    client = lab.redis()
+    try:
+        for _ in _every(stop, lab.timing.pubsub_kill_every_s):
+            with contextlib.suppress(redis.exceptions.RedisError):
+                row.faults += int(client.client_kill_filter(_type="pubsub") or 0)
+    finally:
+        client.close()
+
+
+def restart_dead_workers(lab: Lab, stop: threading.Event, row: Row) -> None:
+    """Start a worker in the place of each one that died (poison ends them)."""
+    while not stop.wait(0.1):
+        with lab.lock:
+            dead = [child for child in lab.workers if not child.alive()]
+        for child in dead:
+            lab.forget(child)
+            row.faults += 1
+            lab.start_worker()
+
+
+@contextlib.contextmanager
+def injecting(fault: Fault, lab: Lab, row: Row) -> Iterator[threading.Event]:
+    """Run ``fault`` in a thread for the block (or until the event it yields is set)."""
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fault(lab, stop, row)
+        except BaseException as exc:  # reported with the row
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="chaos-fault", daemon=True)
+    thread.start()
+    try:
+        yield stop
+    finally:
+        stop.set()
+        thread.join(60)
+        if errors:
+            row.notes.append(f"fault thread: {errors[0]!r}")
+
+
+# -- load -----------------------------------------------------------------------------------
+
+
+def inputs(n: int, poison: bool = False) -> list[dict[str, Any]]:
+    return [
+        {"i": i, "poison": True} if poison and i % POISON_EVERY == POISON_EVERY // 2 else {"i": i}
+        for i in range(n)
+    ]
+
+
+def paced(items: Sequence[dict[str, Any]], flow_s: float) -> Iterator[dict[str, Any]]:
+    """``items``, spread over ``flow_s`` seconds."""
+    start = time.monotonic()
+    for k, item in enumerate(items):
+        pause = start + flow_s * k / max(1, len(items)) - time.monotonic()
+        if pause > 0.005:
+            time.sleep(pause)
+        yield item
+
+
+def submit_and_drain(
+    lab: Lab, row: Row, items: Sequence[dict[str, Any]], stop_faults: threading.Event
+) -> dict[int, str]:
+    """Submit ``items`` (at most WINDOW unfinished), wait for every accepted job to end;
+    ``row`` gets the counts. Returns each accepted input's final status by ``i``."""
+    timing = lab.timing
+    start = time.monotonic()
+    drain_limit = start + timing.drain_limit_s
+    fault_end = start + timing.fault_window_s
+    statuses: dict[int, str] = {}
+    in_flight: list[tuple[int, Job]] = []
+    head = 0
+    last_end = start
+    missing: list[int] = []
+    with Client(lab.settings) as client:
+
+        def settle(item: tuple[int, Job], until: float) -> bool:
+            nonlocal last_end
+            if time.monotonic() > fault_end:
+                stop_faults.set()
+            i, job = item
+            try:
+                record = job.wait(timeout=max(0.01, until - time.monotonic()))
+            except ResultTimeout:
+                return False
+            except UnknownJob:  # its record is gone: lost
+                missing.append(i)
+                return True
+            statuses[i] = record.status.value
+            last_end = time.monotonic()
+            return True
+
+        submitted = 0
+        interval = timing.flow_s * CHUNK / max(1, len(items))
+        while submitted < len(items):
+            pause = start + interval * (submitted // CHUNK) - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            if len(in_flight) - head >= WINDOW:
+                if not settle(in_flight[head], min(drain_limit, time.monotonic() + 5)):
+                    if time.monotonic() > drain_limit:
+                        break
+                    continue
+                head += 1
+                continue
+            chunk = list(items[submitted : submitted + CHUNK])
+            try:
+                jobs = client.submit_many(PIPELINE, chunk)
+            except BatchlineError as exc:
+                row.notes.append(f"submit of {len(chunk)} refused: {exc!r}")
+                submitted += len(chunk)
+                continue
+            in_flight += [(item["i"], job) for item, job in zip(chunk, jobs, strict=True)]
+            submitted += len(chunk)
+        row.accepted = len(in_flight)
+        while head < len(in_flight) and time.monotonic() < drain_limit:
+            if settle(in_flight[head], drain_limit):
+                head += 1
+        stop_faults.set()
+        rest = in_flight[head:]
+        if rest:  # those that ended meanwhile, out of order
+            by_id = {job.id: i for i, job in rest}
+            for start_at in range(0, len(rest), 1000):
+                ids = [job.id for _, job in rest[start_at : start_at + 1000]]
+                for snapshot in client.recheck(ids):
+                    statuses[by_id[snapshot.job_id]] = snapshot.status.value
+    if missing:
+        row.notes.append(f"{len(missing)} accepted jobs have no record (e.g. i={missing[0]})")
+    counts = Counter(statuses.values())
+    row.done, row.failed = counts["done"], counts["failed"]
+    row.expired, row.cancelled = counts["expired"], counts["cancelled"]
+    row.lost = row.accepted - len(statuses)
+    row.drain_s = round(last_end - start, 2) if not row.lost else None
+    return statuses
+
+
+# -- scenarios ------------------------------------------------------------------------------
+
+
+def _two_workers(lab: Lab) -> None:
+    lab.wait_ready(lab.start_worker(), lab.start_worker())
+
+
+def worker_sigkill(lab: Lab, row: Row) -> None:
+    _two_workers(lab)
+    with injecting(kill_workers, lab, row) as stop:
+        submit_and_drain(lab, row, inputs(row.n), stop)
+
+
+def rolling_sigterm(lab: Lab, row: Row) -> None:
+    _two_workers(lab)
+    with injecting(roll_workers, lab, row) as stop:
+        submit_and_drain(lab, row, inputs(row.n), stop)
+    # (run_scenario checks, once Redis has been read, that no job ran twice)
+
+
+def redis_kill(lab: Lab, row: Row) -> None:
+    _two_workers(lab)
+    with injecting(kill_redis, lab, row) as stop:
+        submit_and_drain(lab, row, inputs(row.n), stop)
+    row.notes.append(
+        "executions are counted with appendfsync everysec: a crash may drop the last second's"
+    )
+
+
+def pubsub_kill(lab: Lab, row: Row) -> None:
+    _two_workers(lab)
+    timing = lab.timing
+    results: list[Any] = []
+    failure: list[BaseException] = []
+    finished = threading.Event()
+
+    def run_map() -> None:
+        try:
+            with Client(lab.settings) as client:
+                for result in client.map(PIPELINE, paced(inputs(row.n), timing.flow_s)):
+                    results.append(result)
+        except BaseException as exc:
+            failure.append(exc)
+        finally:
+            finished.set()
+
+    start = time.monotonic()
+    with injecting(kill_pubsub, lab, row) as stop:
+        thread = threading.Thread(target=run_map, name="chaos-map", daemon=True)
+        thread.start()
+        finished.wait(timing.drain_limit_s)
+        stop.set()
+    elapsed = time.monotonic() - start
+    row.accepted = row.n  # map submits every input before it can end
+    row.done = len(results)
+    if failure:
+        row.error = f"Client.map raised {failure[0]!r}"
+    elif not finished.is_set():
+        row.lost = row.n - len(results)
+        row.problems.append(f"Client.map was stuck after {len(results)} results")
+    else:
+        row.drain_s = round(elapsed, 2)
+        if [r.get("i") for r in results] != list(range(row.n)):
+            row.problems.append("Client.map's results are not every input once, in order")
+
+
+def poison(lab: Lab, row: Row) -> None:
+    _two_workers(lab)
+    items = inputs(row.n, poison=True)
+    with injecting(restart_dead_workers, lab, row):
+        # (the supervisor restarts crashed workers until the end, not just the fault window)
+        statuses = submit_and_drain(lab, row, items, threading.Event())
+    bad = {item["i"] for item in items if item.get("poison")}
+    good_not_done = sum(1 for i, s in statuses.items() if i not in bad and s != "done")
+    poison_not_failed = sum(1 for i, s in statuses.items() if i in bad and s != "failed")
+    if good_not_done:
+        row.problems.append(f"{good_not_done} good jobs did not end done")
+    if poison_not_failed:
+        row.problems.append(f"{poison_not_failed} poison jobs did not end failed")
+    row.notes.append(f"{len(bad)} poison inputs")
+
+
+Scenario = Callable[[Lab, Row], None]
+
+SCENARIOS: dict[str, tuple[Scenario, dict[str, str]]] = {
+    "worker-sigkill": (worker_sigkill, {}),
+    "rolling-sigterm": (rolling_sigterm, {}),
+    "redis-kill": (redis_kill, {"BATCHLINE_DURABLE_SUBMIT": "1"}),
+    "pubsub-kill": (pubsub_kill, {}),
+    "poison": (poison, {}),
+}
+
+
+def run_scenario(name: str, timing: Timing, processes: Processes, workdir: Path) -> Row:
+    """Run one scenario in a fresh lab; never raises (a failure is the row's ``error``)."""
+    scenario, env = SCENARIOS[name]
+    row = Row(name, timing.n)
+    try:
+        with Lab(workdir / name, processes, timing, env) as lab:
+            try:
+                scenario(lab, row)
+            except Exception as exc:
+                row.error = f"{type(exc).__name__}: {exc}"
+            with contextlib.suppress(redis.exceptions.RedisError):
+                lab.tally(row)
+            if name == "rolling-sigterm" and row.extra_executions:
+                row.problems.append(f"{row.extra_executions} executions re-ran after SIGTERM")
+    except Exception as exc:
+        row.error = row.error or f"{type(exc).__name__}: {exc}"
+    return row
+
+
+# -- output ---------------------------------------------------------------------------------
+
+COLUMNS = [
+    ("scenario", 16),
+    ("accepted", 8),
+    ("done", 6),
+    ("failed", 6),
+    ("expired", 7),
+    ("cancelled", 9),
+    ("lost", 5),
+    ("executions", 10),
+    ("extra exec", 10),
+    ("dup results", 11),
+    ("dead", 5),
+    ("drain s", 7),
+    ("faults", 6),
+    ("ok", 3),
+]
+
+
+def table(rows: Sequence[Row]) -> str:
+    lines = ["  ".join(f"{title:>{width}}" for title, width in COLUMNS)]
+    for row in rows:
+        values = [
+            row.scenario,
+            row.accepted,
+            row.done,
+            row.failed,
+            row.expired,
+            row.cancelled,
+            row.lost,
+            row.executions,
+            row.extra_executions,
+            row.duplicate_results,
+            row.dead_lettered,
+            "-" if row.drain_s is None else f"{row.drain_s:.2f}",
+            row.faults,
+            "yes" if row.ok else "NO",
+        ]
+        lines.append("  ".join(f"{v!s:>{w}}" for v, (_, w) in zip(values, COLUMNS, strict=True)))
+    for row in rows:
+        for text in ([row.error] if row.error else []) + row.problems + row.notes:
+            lines.append(f"{row.scenario}: {text}")
+    return "\n".join(lines)
+
+
+def run(names: Sequence[str], timing: Timing) -> list[Row]:
+    rows: list[Row] = []
+    with scratch_dir() as workdir:
+        (workdir / "logs").mkdir()
+        with Processes(workdir / "logs") as processes:
+            for name in names:
+                row = run_scenario(name, timing, processes, workdir)
+                rows.append(row)
+                print(table([row]).splitlines()[1], flush=True)
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__)
+    parser.add_argument("scenarios", nargs="*", help=f"some of: {', '.join(SCENARIOS)}")
+    parser.add_argument("--n", type=int, default=None, help="jobs per scenario")
+    parser.add_argument("--quick", action="store_true", help="N = 1,000, shorter timings")
+    parser.add_argument("--out", type=Path, default=None, help="the JSON file")
+    parser.add_argument(
+        "--verbose", action="store_true", help="log the client's reconnections (stderr)"
+    )
+    args = parser.parse_args(argv)
+    if not args.verbose:  # every injected fault would log a reconnection
+        logging.getLogger("queueing").setLevel(logging.ERROR)
+    names = args.scenarios or list(SCENARIOS)
+    unknown = [name for name in names if name not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
+    timing = Timing.of(args.quick, args.n)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    print("  ".join(f"{title:>{width}}" for title, width in COLUMNS), flush=True)
+    rows = run(names, timing)
+    print()
+    print(table(rows))
+    out = args.out or ROOT / "bench" / "results" / f"chaos-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    document = {
+        "machine": machine_info(),
+        "quick": args.quick,
+        "timing": dataclasses.asdict(timing),
+        "scenarios": [{**dataclasses.asdict(row), "ok": row.ok} for row in rows],
+    }
+    out.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"\nwrote {out}")
+    return 0 if all(row.ok for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

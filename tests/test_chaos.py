@@ -1,0 +1,56 @@
+"""The chaos suite's quick scenarios (``python -m bench.chaos --quick``), smaller: real worker
+processes and a real server each, with faults injected while jobs flow. Every accepted job
+must end, and none may publish its result twice."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.chaos import Row, Timing, run_scenario, table
+from bench.harness import Processes
+
+
+@pytest.fixture(scope="module")
+def lab_root() -> Iterator[tuple[Processes, Path]]:
+    # A short folder (not pytest's tmp_path): a unix socket's path must fit in 107 bytes.
+    with tempfile.TemporaryDirectory(prefix="chaos-") as path:
+        root = Path(path)
+        (root / "logs").mkdir()
+        with Processes(root / "logs") as processes:
+            yield processes, root
+
+
+def run(name: str, n: int, lab_root: tuple[Processes, Path]) -> Row:
+    processes, root = lab_root
+    row = run_scenario(name, Timing.of(quick=True, n=n), processes, root)
+    print(table([row]))
+    assert row.error is None, row.error
+    assert row.accepted == n
+    assert row.lost == 0, "accepted jobs never ended"
+    assert row.duplicate_results == 0, "a result was published twice"
+    assert not row.problems, row.problems
+    return row
+
+
+def test_workers_sigkilled_every_half_second(lab_root: tuple[Processes, Path]) -> None:
+    row = run("worker-sigkill", 1000, lab_root)
+    assert row.faults >= 3, "the workers were not killed while jobs flowed"
+    assert row.done + row.failed == row.accepted
+    assert row.executions >= row.done
+
+
+def test_redis_killed_and_restarted(lab_root: tuple[Processes, Path]) -> None:
+    row = run("redis-kill", 1000, lab_root)
+    assert row.faults >= 1, "the server was not killed"
+    assert row.done == row.accepted
+
+
+def test_poison_inputs_crash_workers(lab_root: tuple[Processes, Path]) -> None:
+    row = run("poison", 300, lab_root)
+    assert row.failed == 3
+    assert row.done == 297
+    assert row.dead_lettered == 3
