@@ -132,6 +132,8 @@ class Row:
     dead_lettered: int = 0
     drain_s: float | None = None
     faults: int = 0
+    done_exact: bool = True
+    """Whether ``done`` counts every job that ended done (not so for a map that got stuck)."""
     problems: list[str] = field(default_factory=list)
     """Expectations of the scenario that were not met (beyond lost and duplicate results)."""
     notes: list[str] = field(default_factory=list)
@@ -163,6 +165,8 @@ class Lab:
         self.server = EmbeddedServer(workdir / "redis")
         self.extra_env = env
         self.workers: list[Child] = []
+        self.job_ids: list[str] = []
+        """The accepted jobs (submit_and_drain's)."""
         self.started = 0
         self.lock = threading.Lock()
 
@@ -258,6 +262,20 @@ class Lab:
 
     # -- what Redis says once it is over --------------------------------------------------------
 
+    def stop_workers(self) -> None:
+        """SIGTERM every worker (each finishes its batches), so that the counts hold still."""
+        for child in list(self.workers):
+            self.forget(child)
+
+    def done_now(self) -> int:
+        """How many of the accepted jobs (``job_ids``) have ended done."""
+        done = 0
+        with Client(self.settings) as client:
+            for at in range(0, len(self.job_ids), 1000):
+                ended = client.recheck(self.job_ids[at : at + 1000])
+                done += sum(1 for snapshot in ended if snapshot.status.value == "done")
+        return done
+
     def tally(self, row: Row) -> None:
         """Executions, duplicate results and dead letters, from Redis."""
         keys = Keys(self.settings.prefix)
@@ -270,7 +288,15 @@ class Lab:
             for partition in range(self.settings.partitions):
                 published += int(client.hget(keys.stats(partition), f"{STAGE}:done") or 0)
                 row.dead_lettered += int(client.xlen(keys.dead(partition, STAGE)) or 0)
-            row.duplicate_results = max(0, published - row.done)
+            # Jobs may have ended after the drain limit: count the done ones now (after the
+            # counter, so that one ending in between cannot look like a duplicate). A map that
+            # never finished does not say which jobs ended: then only more results than jobs
+            # is known to be a duplicate.
+            if self.job_ids:
+                ended = self.done_now()
+            else:
+                ended = row.done if row.done_exact else row.accepted
+            row.duplicate_results = max(0, published - ended)
             if published < row.done:
                 row.problems.append(f"{row.done} jobs done but {published} results counted")
         finally:
@@ -459,6 +485,7 @@ def submit_and_drain(
             in_flight += [(item["i"], job) for item, job in zip(chunk, jobs, strict=True)]
             submitted += len(chunk)
         row.accepted = len(in_flight)
+        lab.job_ids = [job.id for _, job in in_flight]
         while head < len(in_flight) and time.monotonic() < drain_limit:
             if settle(in_flight[head], drain_limit):
                 head += 1
@@ -539,6 +566,7 @@ def pubsub_kill(lab: Lab, row: Row) -> None:
         row.error = f"Client.map raised {failure[0]!r}"
     elif not finished.is_set():
         row.lost = row.n - len(results)
+        row.done_exact = False
         row.problems.append(f"Client.map was stuck after {len(results)} results")
     else:
         row.drain_s = round(elapsed, 2)
@@ -583,7 +611,8 @@ def run_scenario(name: str, timing: Timing, processes: Processes, workdir: Path)
                 scenario(lab, row)
             except Exception as exc:
                 row.error = f"{type(exc).__name__}: {exc}"
-            with contextlib.suppress(redis.exceptions.RedisError):
+            lab.stop_workers()
+            with contextlib.suppress(BatchlineError, redis.exceptions.RedisError):
                 lab.tally(row)
             if name == "rolling-sigterm" and row.extra_executions:
                 row.problems.append(f"{row.extra_executions} executions re-ran after SIGTERM")
