@@ -35,6 +35,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._refusal: tuple[int, str] | None = None
         self._body_timer: asyncio.TimerHandle | None = None
+        self._awaiting_body = False
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -52,11 +53,19 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
-        self._body_timer = self.loop.call_later(BODY_TIMEOUT_S, self._body_timed_out)
+        self._awaiting_body = True
 
     def on_message_complete(self) -> None:
+        self._awaiting_body = False
         self._cancel_body_timer()
         super().on_message_complete()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # Armed only for a body still incomplete after what arrived (most requests come whole
+        # in one read, and pay nothing for the bound).
+        if self._awaiting_body and self._body_timer is None and not self.transport.is_closing():
+            self._body_timer = self.loop.call_later(BODY_TIMEOUT_S, self._body_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_body_timer()
