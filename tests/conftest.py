@@ -37,6 +37,16 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedS
 
 
 @pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[EmbeddedServer]:
+    """A private server of the session's kind, for a test that stops, kills or restarts it
+    (``server.start()`` again: same socket, same data folder)."""
+    server = EmbeddedServer(tmp_path / "srv", os.environ.get("BATCHLINE_TEST_REDIS_SERVER") or None)
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
 def redis_url(redis_server: EmbeddedServer) -> str:
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()

@@ -26,17 +26,9 @@ from queueing.server import EmbeddedServer, server_answers
 from queueing.settings import Settings
 from tests.loading import finish_loading, pad_and_stop, start_loading
 
-from .helpers import SERVER_BINARY, run
+from .helpers import run
 
 LOGGER = "tests.outages"
-
-
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[EmbeddedServer]:
-    server = EmbeddedServer(tmp_path / "srv", SERVER_BINARY)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

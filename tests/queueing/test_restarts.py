@@ -9,7 +9,6 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,21 +25,12 @@ from queueing.settings import Settings
 from tests.support import Workers, assert_drained, stat
 from tests.support import register as publish
 
-from .helpers import SERVER_BINARY, job_hash, register, run
+from .helpers import job_hash, register, run
 from .pipelines import SEEN_FILE, seen, t_restart
 
 KEYS = Keys()
 STREAM = KEYS.stream(0, "echo.run")
 CLIENT_LOG = "queueing.client"
-
-
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[EmbeddedServer]:
-    """A private server; the test may stop it and start it again (``server.start()``)."""
-    server = EmbeddedServer(tmp_path / "srv", SERVER_BINARY)
-    server.start()
-    yield server
-    server.stop()
 
 
 def _stream_jobs(r: redis.Redis, stream: str = STREAM) -> list[str]:

@@ -7,10 +7,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import redis
 
 from queueing.client import Client
@@ -19,16 +17,7 @@ from queueing.settings import Settings
 from tests.conftest import ROOT, worker_env
 from tests.loading import finish_loading, pad_and_stop, start_loading
 from tests.pipelines import t_batch
-from tests.queueing.helpers import SERVER_BINARY
 from tests.workers.support import KEYS, register, wait_exit, wait_until
-
-
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[EmbeddedServer]:
-    server = EmbeddedServer(tmp_path / "srv", SERVER_BINARY)
-    server.start()
-    yield server
-    server.kill()
 
 
 class LoggedWorker:
