@@ -7,6 +7,7 @@ drifted): write the client here, in a shape that stays true without ``async``/``
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -16,7 +17,7 @@ import redis.asyncio
 import redis.exceptions
 
 from queueing.client.core import SUBMIT_CHUNK, Core, SubmitPlan
-from queueing.client.retry import Attempt, Backoff, outage_log, pause
+from queueing.client.retry import Attempt, Backoff, outage_log
 from queueing.connection import REDIS_DOWN, broker_errors, connect_async
 from queueing.errors import ResultTimeout, UnknownJob
 from queueing.jobs import JobRecord, JobStatus, Snapshot
@@ -151,7 +152,7 @@ class AsyncClient:
                 return
             delay = backoff.pause(attempt.error)  # raises BrokerUnavailable once time is up
             self._outage.failed(attempt.error)
-            await pause(self.redis, delay)
+            await asyncio.sleep(delay)
             attempt = Attempt(attempt.number + 1)
 
     async def listener(self) -> AsyncListener:

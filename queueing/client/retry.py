@@ -16,15 +16,10 @@ retry (:attr:`Attempt.retry`): SUBMIT then skips the jobs an earlier attempt que
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any, overload
-
-import redis
-import redis.asyncio
 
 from queueing.connection import REDIS_DOWN, OutageLog
 from queueing.errors import BatchlineError, BrokerUnavailable
@@ -100,22 +95,3 @@ class Backoff:
 def outage_log() -> OutageLog:
     """A client's log of its outages: once when Redis goes away, once when it is back."""
     return OutageLog(log, "batchline client")
-
-
-@overload
-def pause(client: redis.asyncio.Redis, seconds: float) -> Coroutine[Any, Any, None]: ...
-
-
-@overload
-def pause(client: redis.Redis, seconds: float) -> None: ...
-
-
-def pause(
-    client: redis.Redis | redis.asyncio.Redis, seconds: float
-) -> Coroutine[Any, Any, None] | None:
-    """Sleep the way ``client`` does I/O: the asyncio client awaits this, the blocking one
-    calls it (so that the one source of both clients reads ``await pause(self.redis, s)``)."""
-    if isinstance(client, redis.asyncio.Redis):
-        return asyncio.sleep(seconds)
-    time.sleep(seconds)
-    return None

@@ -16,7 +16,7 @@ import redis
 import redis.exceptions
 
 from queueing.client.core import SUBMIT_CHUNK, Core, SubmitPlan
-from queueing.client.retry import Attempt, Backoff, outage_log, pause
+from queueing.client.retry import Attempt, Backoff, outage_log
 from queueing.connection import REDIS_DOWN, broker_errors, connect
 from queueing.errors import ResultTimeout, UnknownJob
 from queueing.jobs import JobRecord, JobStatus, Snapshot
@@ -151,7 +151,7 @@ class Client:
                 return
             delay = backoff.pause(attempt.error)  # raises BrokerUnavailable once time is up
             self._outage.failed(attempt.error)
-            pause(self.redis, delay)
+            time.sleep(delay)
             attempt = Attempt(attempt.number + 1)
 
     def listener(self) -> Listener:
