@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from batchline import bulk
 from pipelines.loading import load_pipelines
 from queueing.errors import BatchlineError, ConfigError
 from queueing.settings import Settings
@@ -280,6 +281,7 @@ def parser() -> argparse.ArgumentParser:
 
     keygen = sub.add_parser("keygen", help="make an API key and the digest to configure")
     keygen.set_defaults(run=cmd_keygen)
+    bulk.register(sub)
     return top
 
 

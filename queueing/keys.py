@@ -90,6 +90,10 @@ class Keys:
         """What a job id is appended to, to make its key (for the Lua scripts)."""
         return f"{self._tag(partition)}:job:"
 
+    def bulk_cancel(self, bulk_id: str) -> str:
+        """String: set when a bulk job (an rq job) is asked to stop."""
+        return f"{self.prefix}:bulk:cancel:{bulk_id}"
+
     def notify(self, listener: str) -> str:
         """Pub/sub channel of one listening process (a client or a gateway)."""
         return f"{self.prefix}:notify:{listener}"

@@ -18,7 +18,7 @@ import redis.exceptions
 from queueing.client.core import SUBMIT_CHUNK, Core, SubmitPlan
 from queueing.client.retry import Attempt, Backoff, outage_log
 from queueing.connection import REDIS_DOWN, broker_errors, connect
-from queueing.errors import ResultTimeout, UnknownJob
+from queueing.errors import JobError, ResultTimeout, UnknownJob
 from queueing.jobs import JobRecord, JobStatus, Snapshot
 from queueing.message import decode_result
 from queueing.registry import PipelineSpec, lookup, parse_registry
@@ -317,9 +317,14 @@ class Client:
         *,
         max_in_flight: int = 1000,
         timeout_s: float | None = None,
+        return_errors: bool = False,
+        cancel_on_close: bool = False,
     ) -> Iterator[Any]:
         """Submit every input, keeping at most ``max_in_flight`` unfinished, and yield the
-        results in input order. A job that failed raises its JobError when its turn comes.
+        results in input order. A job that failed raises its JobError when its turn comes
+        (``return_errors``: the JobError is yielded in its place, and the map goes on).
+        ``cancel_on_close``: when the caller stops early (closes the iterator), the jobs still
+        in flight are cancelled rather than left to run.
 
         A restart of Redis shorter than ``retry_s`` only costs time: each input is still one
         job and yields one result, in order. A longer outage raises BrokerUnavailable; the
@@ -359,7 +364,17 @@ class Client:
                 if head > SUBMIT_CHUNK:
                     del in_flight[:head]
                     head = 0
-                yield decode_result(waiter.notice.outcome())
+                try:
+                    value = decode_result(waiter.notice.outcome())
+                except JobError as exc:
+                    if not return_errors:
+                        raise
+                    value = exc
+                yield value
         finally:
+            unfinished = [w.job_id for w in in_flight[head:] if w.notice is None]
             for waiter in in_flight[head:]:
                 listener.unregister(waiter)
+            if cancel_on_close:
+                for job_id in unfinished:
+                    self.cancel(job_id)

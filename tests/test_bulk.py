@@ -1,0 +1,257 @@
+"""Bulk inference of a file: real ``rq worker batchline-bulk`` processes, real batchline workers,
+the real server. A SIGKILLed rq worker's job resumes from its checkpoint."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from rq import Queue
+from rq.registry import StartedJobRegistry
+
+from batchline.cli import main
+from queueing.bulk import QUEUE, Progress, fetch, list_documents
+from queueing.settings import Settings
+from tests.bulk_pipelines import GATE, t_gate
+from tests.conftest import ROOT, worker_env
+from tests.support import Workers, register, wait_exit, wait_until
+
+SEEN = "test:seen:t_gate.model"
+
+
+@pytest.fixture
+def bulk_settings(settings: Settings) -> Settings:
+    return settings.replace(pipelines=("tests.bulk_pipelines",))
+
+
+class RqWorkers:
+    """Real ``rq worker batchline-bulk`` processes, each in its own process group (a plain rq
+    worker forks a work horse per job: killing the group kills both, as a lost machine would)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *, burst: bool = True) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-m", "rq.cli", "worker", QUEUE, "--url"]
+        command += [self.settings.redis_url or "", "--logging_level", "WARNING"]
+        if burst:
+            command.append("--burst")
+        env = worker_env(self.settings)
+        process = subprocess.Popen(command, env=env, cwd=ROOT, start_new_session=True)
+        self.processes.append(process)
+        return process
+
+    def kill(self, process: subprocess.Popen[bytes]) -> None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+    def close(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(10)
+
+
+@pytest.fixture
+def rq_workers(bulk_settings: Settings) -> Iterator[RqWorkers]:
+    pool = RqWorkers(bulk_settings)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+@pytest.fixture
+def served(bulk_settings: Settings, workers: Workers) -> Settings:
+    """t_gate registered and served by a real batchline worker."""
+    register(bulk_settings, t_gate)
+    workers.start("t_gate", settings=bulk_settings)
+    return bulk_settings
+
+
+def bulk(settings: Settings, capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """``batchline bulk ...`` (in this process); what it printed."""
+    assert main(["bulk", *args, "--redis-url", settings.redis_url or ""]) == 0
+    return capsys.readouterr().out
+
+
+def run_id(out: str) -> str:
+    return out.split()[0]
+
+
+def lines(path: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def progress(r: redis.Redis, bulk_id: str) -> Progress:
+    return Progress.from_meta(fetch(r, bulk_id).get_meta(refresh=True))
+
+
+def test_a_file_in_input_order_with_its_failures_aside_and_a_schedule(
+    served: Settings,
+    rq_workers: RqWorkers,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    source = tmp_path / "in.jsonl"
+    rows = [orjson.dumps({"x": i, "fail": i == 11}) for i in range(300)]
+    rows[7] = b"{not json"
+    source.write_bytes(b"\n".join(rows[:50]) + b"\n\n" + b"\n".join(rows[50:]) + b"\n")
+    table = tmp_path / "in.csv"
+    table.write_text("x,name\n" + "".join(f"{i},n{i}\n" for i in range(5)))
+
+    out = tmp_path / "out.jsonl"
+    first = run_id(bulk(served, capsys, "run", "t_gate", str(source), "-o", str(out)))
+    csv_out = tmp_path / "csv.jsonl"
+    second = run_id(
+        bulk(served, capsys, "run", "t_gate", str(table), "-o", str(csv_out), "--every", "1h")
+    )
+    later = run_id(
+        bulk(served, capsys, "run", "t_gate", str(table), "-o", str(csv_out), "--in", "2h")
+    )
+    assert wait_exit(rq_workers.start(), 30, "rq worker") == 0
+
+    results = lines(out)
+    assert [r["row"] for r in results] == [i for i in range(300) if i not in (7, 11)]
+    assert all(r["result"] == {"x": r["row"], "y": 2 * r["row"]} for r in results)
+    failures = {f["row"]: f for f in lines(Path(str(out) + ".failed.jsonl"))}
+    assert sorted(failures) == [7, 11]
+    assert "not JSON" in failures[7]["error"]
+    assert failures[7]["input"] == "{not json"
+    assert "bad input x=11" in failures[11]["error"]
+    assert failures[11]["input"]["x"] == 11
+    assert [r["result"] for r in lines(csv_out)] == [{"x": i, "y": 2 * i} for i in range(5)]
+
+    status = bulk(served, capsys, "status", first)
+    assert "298 done, 2 failed" in status
+    assert "(done)" in status
+    assert "100%" in status
+    docs = {d["id"]: d for d in list_documents(redis_client)}
+    assert docs[first]["state"] == "done"
+    assert docs[first]["total"] == 300
+    assert docs[later]["state"] == "scheduled"
+    # --every: the run that ended scheduled the next one
+    again = [d for d in docs.values() if d["every_s"] and d["id"] != second]
+    assert [d["state"] for d in again] == ["scheduled"]
+    listing = bulk(served, capsys, "list")
+    assert first in listing
+    assert later in listing
+    assert "every 3600s" in listing
+    assert "batchline bulk t_gate" in str(fetch(redis_client, first).description)
+
+
+def test_a_killed_rq_worker_leaves_a_job_that_resumes_from_its_checkpoint(
+    served: Settings,
+    rq_workers: RqWorkers,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    source = tmp_path / "in.jsonl"
+    # Rows from 200 on wait for the gate: the job cannot finish before it is killed.
+    source.write_bytes(
+        b"".join(orjson.dumps({"x": i, "hold": i >= 200}) + b"\n" for i in range(300))
+    )
+    out = tmp_path / "out.jsonl"
+    bulk_id = run_id(
+        bulk(
+            served,
+            capsys,
+            *("run", "t_gate", str(source), "-o", str(out)),
+            *("--checkpoint-rows", "50", "--max-in-flight", "64"),
+        )
+    )
+    worker = rq_workers.start(burst=False)
+    wait_until(
+        lambda: progress(redis_client, bulk_id).checkpoint.get("rows", 0) >= 150,
+        30,
+        "a checkpoint at row 150",
+    )
+    rq_workers.kill(worker)
+    before = progress(redis_client, bulk_id)
+    kept = before.checkpoint["rows"]
+    assert before.state == "running"
+    assert 150 <= kept < 300
+
+    # What rq's maintenance does once the dead worker's heartbeat has lapsed (its clock is
+    # moved on here): the abandoned job is retried at once (Retry, first interval 0).
+    StartedJobRegistry(queue=Queue(QUEUE, connection=redis_client)).cleanup(2**40)
+    redis_client.set(GATE, 1)
+    assert wait_exit(rq_workers.start(), 30, "rq worker") == 0
+
+    after = progress(redis_client, bulk_id)
+    assert after.state == "done"
+    assert after.runs == 2
+    assert after.done == 300
+    results = lines(out)
+    assert [r["row"] for r in results] == list(range(300))  # each row once, in order
+    seen = Counter(int(x) for x in redis_client.lrange(SEEN, 0, -1))
+    # What the checkpoint had written was not run again.
+    assert all(seen[x] == 1 for x in range(kept)), [x for x in range(kept) if seen[x] != 1]
+    assert all(seen[x] >= 1 for x in range(300))
+
+
+def test_cancel_stops_a_running_job_and_its_queued_items_never_run(
+    served: Settings,
+    rq_workers: RqWorkers,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(
+        b"".join(orjson.dumps({"x": i, "hold": i >= 100}) + b"\n" for i in range(2000))
+    )
+    out = tmp_path / "out.jsonl"
+    bulk_id = run_id(
+        bulk(
+            served,
+            capsys,
+            *("run", "t_gate", str(source), "-o", str(out)),
+            *("--checkpoint-rows", "10", "--max-in-flight", "300"),
+        )
+    )
+    worker = rq_workers.start()
+    wait_until(lambda: progress(redis_client, bulk_id).rows >= 50, 30, "50 rows written")
+    assert "cancel requested" in bulk(served, capsys, "cancel", bulk_id)
+    redis_client.set(GATE, 1)  # results flow again: the job sees the request at a checkpoint
+    assert wait_exit(worker, 30, "rq worker") == 0
+
+    assert progress(redis_client, bulk_id).state == "cancelled"
+    assert "(cancelled)" in bulk(served, capsys, "status", bulk_id)
+    statuses = Counter(
+        redis_client.hget(key, "status") for key in redis_client.scan_iter("bl:{0}:job:*")
+    )
+    assert statuses[b"cancelled"] > 0  # items it had queued were cancelled...
+    wait_until(lambda: redis_client.xlen("bl:{0}:in:t_gate.model") == 0, 10, "stream drained")
+    seen = redis_client.llen(SEEN)
+    assert seen < 2000  # ... and never reached the model
+    assert len(lines(out)) < 2000
+
+
+def test_cancel_a_queued_job_before_it_runs(
+    bulk_settings: Settings,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b'{"x": 1}\n')
+    out = tmp_path / "out.jsonl"
+    bulk_id = run_id(bulk(bulk_settings, capsys, "run", "t_gate", str(source), "-o", str(out)))
+    bulk(bulk_settings, capsys, "cancel", bulk_id)
+    assert Queue(QUEUE, connection=redis_client).count == 0
+    docs = {d["id"]: d for d in list_documents(redis_client)}
+    assert docs[bulk_id]["state"] == "cancelled"
+    assert not out.exists()
