@@ -16,10 +16,13 @@ from typing import Any
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
 import redis.connection
 import redis.exceptions
 import redis.utils
 
+from queueing.cluster import AsyncRedis, SyncRedis, is_cluster
 from queueing.errors import BrokerUnavailable, ConfigError
 from queueing.settings import Settings
 
@@ -27,10 +30,16 @@ REDIS_DOWN: tuple[type[Exception], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     OSError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.SlotNotCoveredError,
+    redis.exceptions.ClusterError,
 )
 """What redis-py raises when Redis cannot serve a command for now: it is down, restarting,
 unreachable (socket errors and timeouts are OSErrors), or still loading its dataset at start-up
-(``BusyLoadingError`` is a ``ConnectionError``). Retry these; anything else is a real error."""
+(``BusyLoadingError`` is a ``ConnectionError``); in a cluster, also while a master fails over
+(CLUSTERDOWN, an uncovered slot, redis-py's routing giving up) or a slot migrates (TRYAGAIN).
+Retry these; anything else is a real error."""
 
 
 def is_loading(exc: BaseException) -> bool:
@@ -57,11 +66,15 @@ def _timeouts(settings: Settings, options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-def connect(settings: Settings, **options: Any) -> redis.Redis:
-    """A blocking client (connection pool) for ``settings.redis_url``."""
+def connect(settings: Settings, **options: Any) -> SyncRedis:
+    """A blocking client (connection pool) for ``settings.redis_url``: a cluster client when
+    it names a node of a Redis Cluster."""
     options = _timeouts(settings, options)
+    url = _url(settings)
     try:
-        return redis.Redis.from_url(_url(settings), **options)
+        if is_cluster(url):
+            return redis.cluster.RedisCluster.from_url(url, **options)
+        return redis.Redis.from_url(url, **options)
     except ValueError as exc:
         raise ConfigError(
             f"REDIS_URL={settings.redis_url!r} is not a valid Redis URL: {exc}"
@@ -72,15 +85,20 @@ ASYNC_POOL_SIZE = 64
 """Connections one asyncio client opens at most (more callers wait for one)."""
 
 
-def connect_async(settings: Settings, **options: Any) -> redis.asyncio.Redis:
-    """An asyncio client (connection pool) for ``settings.redis_url``."""
+def connect_async(settings: Settings, **options: Any) -> AsyncRedis:
+    """An asyncio client (connection pool) for ``settings.redis_url``: a cluster client when
+    it names a node of a Redis Cluster."""
     options = _timeouts(settings, options)
+    url = _url(settings)
+    if is_cluster(url):
+        options.setdefault("max_connections", ASYNC_POOL_SIZE)  # (per node)
+        return redis.asyncio.cluster.RedisCluster.from_url(url, **options)
     # Past its size, redis-py's default pool raises "Too many connections"; a blocking pool
     # makes a burst of requests (a gateway at high concurrency) wait for a connection instead.
     options.setdefault("max_connections", ASYNC_POOL_SIZE)
     options.setdefault("timeout", settings.block_ms / 1000 + 10)
     try:
-        pool = redis.asyncio.BlockingConnectionPool.from_url(_url(settings), **options)
+        pool = redis.asyncio.BlockingConnectionPool.from_url(url, **options)
     except ValueError as exc:
         raise ConfigError(
             f"REDIS_URL={settings.redis_url!r} is not a valid Redis URL: {exc}"
@@ -231,7 +249,7 @@ STARTUP_UNREACHABLE_S = 30.0
 
 
 async def wait_until_ready(
-    client: redis.asyncio.Redis,
+    client: AsyncRedis,
     logger: logging.Logger,
     what: str,
     *,

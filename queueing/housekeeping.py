@@ -22,8 +22,7 @@ import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
-import redis.asyncio
-
+from queueing.cluster import AsyncRedis
 from queueing.keys import Keys
 from queueing.settings import Settings
 
@@ -74,7 +73,7 @@ def default_idle_s(settings: Settings) -> float:
     return IDLE_FACTOR * settings.visibility_timeout_s
 
 
-async def live_workers(client: redis.asyncio.Redis, settings: Settings) -> set[str]:
+async def live_workers(client: AsyncRedis, settings: Settings) -> set[str]:
     """Workers whose last heartbeat is within the visibility timeout."""
     since = time.time() - settings.visibility_timeout_s
     names = await client.zrangebyscore(Keys(settings.prefix).workers, since, "+inf")
@@ -82,7 +81,7 @@ async def live_workers(client: redis.asyncio.Redis, settings: Settings) -> set[s
 
 
 async def remove_idle_consumers(
-    client: redis.asyncio.Redis,
+    client: AsyncRedis,
     settings: Settings,
     stages: Iterable[str],
     *,
@@ -109,7 +108,7 @@ async def remove_idle_consumers(
 
 
 async def prune_workers(
-    client: redis.asyncio.Redis, settings: Settings, *, gone_s: float | None = None
+    client: AsyncRedis, settings: Settings, *, gone_s: float | None = None
 ) -> list[str]:
     """Remove from the worker registry the workers whose last heartbeat is older than
     ``gone_s`` (default: :func:`default_idle_s`); returns their names.
@@ -129,7 +128,7 @@ async def prune_workers(
 
 
 async def sweep(
-    client: redis.asyncio.Redis,
+    client: AsyncRedis,
     settings: Settings,
     stages: Iterable[str],
     *,

@@ -82,6 +82,10 @@ class Keys:
         """Hash: consumer name -> what it runs (JSON)."""
         return f"{self.prefix}:workers:info"
 
+    def stage_stats(self, stage: str) -> str:
+        """Stream: what a stage's workers did, one entry per heartbeat (capped; no job key)."""
+        return f"{self.prefix}:stagestats:{stage}"
+
     def stats(self, partition: int) -> str:
         """Hash: counters (``<stage>:<what>`` -> count) for metrics and ``batchline status``."""
         return f"{self._tag(partition)}:stats"
@@ -94,9 +98,11 @@ class Keys:
         """String: set when a bulk job (an rq job) is asked to stop."""
         return f"{self.prefix}:bulk:cancel:{bulk_id}"
 
-    def notify(self, listener: str) -> str:
-        """Pub/sub channel of one listening process (a client or a gateway)."""
-        return f"{self.prefix}:notify:{listener}"
+    def notify(self, partition: int, listener: str) -> str:
+        """Sharded pub/sub channel of one listening process (a client or a gateway) for the
+        jobs of one partition: in the partition's slot, so that the scripts SPUBLISH on the
+        master that ran them, and only that master's shard carries it."""
+        return f"{self._tag(partition)}:notify:{listener}"
 
     @staticmethod
     def group(stage: str) -> str:

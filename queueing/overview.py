@@ -7,8 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio
-
+from queueing.cluster import AsyncRedis
 from queueing.keys import Keys
 from queueing.message import loads
 from queueing.registry import PipelineSpec, parse_registry
@@ -37,7 +36,7 @@ class Overview:
     """Live consumers: name -> what they run (stages, pid, host, device, last_seen)."""
 
 
-async def overview(client: redis.asyncio.Redis, settings: Settings) -> Overview:
+async def overview(client: AsyncRedis, settings: Settings) -> Overview:
     keys = Keys(settings.prefix)
     parts = range(settings.partitions)
     pipe = client.pipeline(transaction=False)

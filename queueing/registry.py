@@ -10,8 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio
-
+from queueing.cluster import AsyncRedis
 from queueing.errors import DecodeError, UnknownPipeline
 from queueing.keys import Keys, check_name
 from queueing.message import dumps, loads
@@ -123,9 +122,7 @@ class PipelineSpec:
             raise DecodeError(f"bad pipeline spec in the registry: {exc}") from exc
 
 
-async def publish(
-    client: redis.asyncio.Redis, settings: Settings, specs: Sequence[PipelineSpec]
-) -> None:
+async def publish(client: AsyncRedis, settings: Settings, specs: Sequence[PipelineSpec]) -> None:
     """Write the specs to the registry and create their stages' consumer groups (on every
     partition), so that clients and gateways can submit before any worker has started
     reading. Safe to repeat: a spec is overwritten, an existing group is kept."""

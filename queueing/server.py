@@ -11,13 +11,18 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 import redis.backoff
 import redis.retry
+from redis.crc import key_slot
 
 from queueing.connection import REDIS_DOWN, is_loading
 from queueing.errors import BatchlineError, ConfigError
@@ -165,6 +170,228 @@ class EmbeddedServer:
             self.process.wait()
 
     def __enter__(self) -> EmbeddedServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class ClusterNode:
+    """One server process of an :class:`EmbeddedCluster`."""
+
+    port: int
+    bus_port: int
+    data_dir: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=5.0, socket_connect_timeout=2.0)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class EmbeddedCluster:
+    """A private Redis Cluster on loopback ports: ``masters`` masters, each with ``replicas``
+    replicas, slots assigned so that ``partitions`` partitions spread evenly over the masters
+    (see :func:`queueing.cluster.balanced_slot_ranges`). ``start()`` returns once every node
+    reports ``cluster_state:ok``; ``url`` names the first master (any node would do)."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        binary: str | None = None,
+        *,
+        masters: int = 3,
+        replicas: int = 0,
+        partitions: int = 0,
+        appendfsync: str = "everysec",
+        node_timeout_ms: int = 1000,
+    ) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.binary = find_server_binary(binary)
+        self.masters = masters
+        self.replicas = replicas
+        self.partitions = partitions or masters * 2
+        self.appendfsync = appendfsync
+        self.node_timeout_ms = node_timeout_ms
+        self.nodes: list[ClusterNode] = []
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.nodes[0].port}"
+
+    def command(self, node: ClusterNode) -> list[str]:
+        return [
+            self.binary,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(node.port),
+            "--cluster-enabled",
+            "yes",
+            "--cluster-port",
+            str(node.bus_port),
+            "--cluster-config-file",
+            str(node.data_dir / "nodes.conf"),
+            "--cluster-node-timeout",
+            str(self.node_timeout_ms),
+            "--cluster-require-full-coverage",
+            "no",
+            "--dir",
+            str(node.data_dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            self.appendfsync,
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+            "--logfile",
+            str(node.data_dir / "server.log"),
+        ]
+
+    def start(self, timeout: float = 30.0) -> EmbeddedCluster:
+        from queueing.cluster import balanced_slot_ranges
+
+        count = self.masters * (1 + self.replicas)
+        for index in range(count):
+            node_dir = self.data_dir / f"node-{index}"
+            node_dir.mkdir(parents=True, exist_ok=True)
+            self.nodes.append(ClusterNode(free_port(), free_port(), node_dir))
+        for node in self.nodes:
+            self._spawn(node)
+        limit = time.monotonic() + timeout
+        for node in self.nodes:
+            self._wait_answers(node, limit)
+        first = self.nodes[0].client()
+        try:
+            ranges = balanced_slot_ranges(self.masters, self.partitions)
+            for node, (low, high) in zip(self.nodes, ranges, strict=False):
+                with contextlib.closing(node.client()) as client:
+                    client.execute_command("CLUSTER", "ADDSLOTSRANGE", low, high)
+            for node in self.nodes[1:]:
+                first.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, node.bus_port)
+            ids = [self._node_id(node) for node in self.nodes]
+            self._wait(
+                limit, lambda: all(self._knows(node, len(self.nodes)) for node in self.nodes)
+            )
+            for index in range(self.masters, count):
+                master = (index - self.masters) % self.masters
+                with contextlib.closing(self.nodes[index].client()) as client:
+                    client.execute_command("CLUSTER", "REPLICATE", ids[master])
+            self._wait(limit, self.healthy)
+        finally:
+            first.close()
+        return self
+
+    def _spawn(self, node: ClusterNode) -> None:
+        node.process = subprocess.Popen(
+            self.command(node), stdin=subprocess.DEVNULL, start_new_session=True
+        )
+
+    def _wait_answers(self, node: ClusterNode, limit: float) -> None:
+        with contextlib.closing(node.client()) as client:
+            while True:
+                if node.process is not None and node.process.poll() is not None:
+                    raise BatchlineError(
+                        f"{self.binary} exited with {node.process.returncode} at start; see "
+                        f"{node.data_dir / 'server.log'}"
+                    )
+                with contextlib.suppress(*REDIS_DOWN):
+                    if client.ping():
+                        return
+                if time.monotonic() > limit:
+                    self.stop()
+                    raise BatchlineError(f"{self.binary} on port {node.port} did not answer")
+                time.sleep(0.02)
+
+    def _wait(self, limit: float, ready: Callable[[], bool]) -> None:
+        while not ready():
+            if time.monotonic() > limit:
+                self.stop()
+                raise BatchlineError("the cluster did not come up (see its nodes' server.log)")
+            time.sleep(0.05)
+
+    @staticmethod
+    def _node_id(node: ClusterNode) -> str:
+        with contextlib.closing(node.client()) as client:
+            return str(client.execute_command("CLUSTER", "MYID").decode())
+
+    @staticmethod
+    def _knows(node: ClusterNode, count: int) -> bool:
+        with contextlib.closing(node.client()) as client:
+            info = client.execute_command("CLUSTER", "INFO").decode()
+        return f"cluster_known_nodes:{count}" in info
+
+    def healthy(self) -> bool:
+        """Every live node says ``cluster_state:ok`` and knows its role (replicas are synced)."""
+        for node in self.nodes:
+            if not node.alive():
+                continue
+            try:
+                with contextlib.closing(node.client()) as client:
+                    info = client.execute_command("CLUSTER", "INFO").decode()
+                    if "cluster_state:ok" not in info:
+                        return False
+                    role: Any = client.info("replication")
+                    if role.get("role") == "slave" and role.get("master_link_status") != "up":
+                        return False
+            except REDIS_DOWN:
+                return False
+        return True
+
+    def master_of(self, key: str) -> ClusterNode:
+        """The live node that serves ``key``'s slot now."""
+        for node in self.nodes:
+            if not node.alive():
+                continue
+            with contextlib.closing(node.client()) as client:
+                shards: Any = client.execute_command("CLUSTER", "SLOTS")
+            wanted = key_slot(key.encode())
+            for low, high, master, *_ in shards:
+                if low <= wanted <= high:
+                    port = int(master[1])
+                    return next(n for n in self.nodes if n.port == port)
+        raise BatchlineError(f"no live node serves {key!r}")
+
+    def kill(self, node: ClusterNode) -> None:
+        """SIGKILL one node, as a crash would."""
+        if node.process is not None and node.process.poll() is None:
+            node.process.kill()
+            node.process.wait()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM every node (each fsyncs its AOF), then wait for them."""
+        for node in self.nodes:
+            if node.process is not None and node.process.poll() is None:
+                node.process.send_signal(signal.SIGTERM)
+        for node in self.nodes:
+            if node.process is None:
+                continue
+            try:
+                node.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                node.process.kill()
+                node.process.wait()
+
+    def __enter__(self) -> EmbeddedCluster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

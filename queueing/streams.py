@@ -6,6 +6,8 @@ write step is one Lua script per partition (see :mod:`queueing.scripts`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import socket
 import time
@@ -15,8 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio
+import redis.asyncio.cluster
 import redis.exceptions
 
+from queueing.cluster import AsyncRedis
 from queueing.keys import Keys
 from queueing.message import dumps
 from queueing.scripts import (
@@ -96,9 +100,7 @@ def consumer_name(settings: Settings) -> str:
 class StageQueue:
     """One consumer of one stage, over every partition of its stream."""
 
-    def __init__(
-        self, client: redis.asyncio.Redis, settings: Settings, stage: str, consumer: str
-    ) -> None:
+    def __init__(self, client: AsyncRedis, settings: Settings, stage: str, consumer: str) -> None:
         self.redis = client
         self.settings = settings
         self.keys = Keys(settings.prefix)
@@ -107,6 +109,12 @@ class StageQueue:
         self.consumer = consumer
         self.partitions = range(settings.partitions)
         self._streams = {self.keys.stream(p, stage): p for p in self.partitions}
+        self._sharded = (
+            isinstance(client, redis.asyncio.cluster.RedisCluster) and len(self._streams) > 1
+        )
+        """A cluster: the partitions' streams are read one by one (see :meth:`_read_sharded`)."""
+        self._reads: dict[str, asyncio.Future[Any]] = {}
+        self._ready: list[Delivery] = []
         self._job_prefixes = [self.keys.job_prefix(p) for p in self.partitions]
         self._targets: dict[tuple[int, str], str] = {}
         """Stream keys of the stages this one hands to, by (partition, stage)."""
@@ -131,6 +139,8 @@ class StageQueue:
         not block). ``own_pending`` re-reads what this consumer holds already (after a
         restart under the same name)."""
         since = "0" if own_pending else ">"
+        if self._sharded:
+            return await self._read_sharded(count, block_ms, since)
         reply: Any = await self.redis.xreadgroup(
             self.group,
             self.consumer,
@@ -138,12 +148,74 @@ class StageQueue:
             count=count,
             block=None if own_pending else block_ms,
         )
+        return self._deliveries(reply)
+
+    def _deliveries(self, reply: Any) -> list[Delivery]:
         out = []
         for stream, entries in reply or ():
             partition = self._streams[stream.decode() if isinstance(stream, bytes) else stream]
             for entry_id, fields in entries:
                 out.append(Delivery(partition, entry_id.decode(), fields or None))
         return out
+
+    async def _read_sharded(self, count: int, block_ms: int | None, since: str) -> list[Delivery]:
+        """:meth:`read` in a cluster, where one XREADGROUP cannot name the streams of several
+        partitions (each is in its own slot): what earlier blocking reads brought first; then
+        one non-blocking read per partition in one pipeline (the cluster client sends each to
+        its master); if all are empty, one blocking read per partition at once, returning with
+        the first that answers. The others stay in flight for the next call, so no entry they
+        bring is dropped (it waits in ``_ready``)."""
+        if not self._ready and since == ">":
+            self._collect_reads()
+        if not self._ready:
+            pipe: Any = self.redis.pipeline(transaction=False)
+            for stream in self._streams:
+                if stream not in self._reads:
+                    pipe.xreadgroup(self.group, self.consumer, {stream: since}, count=count)
+            for reply in await pipe.execute():
+                self._ready += self._deliveries(reply)
+        if not self._ready and block_ms is not None and since == ">":
+            for stream in self._streams:
+                if stream not in self._reads:
+                    read = self.redis.xreadgroup(
+                        self.group, self.consumer, {stream: ">"}, count=count, block=block_ms
+                    )
+                    self._reads[stream] = asyncio.ensure_future(read)
+            await asyncio.wait(
+                self._reads.values(),
+                timeout=block_ms / 1000 + 1,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            self._collect_reads()
+        out, self._ready = self._ready[:count], self._ready[count:]
+        return out
+
+    def _collect_reads(self) -> None:
+        """Move what finished blocking reads brought to ``_ready`` (raising the first error)."""
+        error: BaseException | None = None
+        for stream, read in list(self._reads.items()):
+            if not read.done():
+                continue
+            del self._reads[stream]
+            if read.cancelled():
+                continue
+            if read.exception() is not None:
+                error = error or read.exception()
+                continue
+            self._ready += self._deliveries(read.result())
+        if error is not None:
+            raise error
+
+    async def close(self) -> None:
+        """Stop the blocking reads still in flight (cluster only). An entry one of them was
+        about to bring stays pending for this consumer: a live worker claims it after the
+        visibility timeout (and this one re-reads it when it restarts under the same name)."""
+        for read in self._reads.values():
+            read.cancel()
+        for read in self._reads.values():
+            with contextlib.suppress(BaseException):
+                await read
+        self._reads.clear()
 
     async def start(self, deliveries: Sequence[tuple[Delivery, str]]) -> list[Start]:
         """Mark the jobs running and count this attempt; per job, whether to run it (or
@@ -280,7 +352,7 @@ def _by_partition(deliveries: Iterable[Delivery]) -> dict[int, list[int]]:
 
 
 async def heartbeat(
-    client: redis.asyncio.Redis, settings: Settings, consumer: str, info: dict[str, Any]
+    client: AsyncRedis, settings: Settings, consumer: str, info: dict[str, Any]
 ) -> None:
     """Record that ``consumer`` is alive (and what it runs)."""
     keys = Keys(settings.prefix)
@@ -290,7 +362,7 @@ async def heartbeat(
     await pipe.execute()
 
 
-async def retire(client: redis.asyncio.Redis, settings: Settings, consumer: str) -> None:
+async def retire(client: AsyncRedis, settings: Settings, consumer: str) -> None:
     """Remove a consumer that stopped cleanly from the live set."""
     keys = Keys(settings.prefix)
     pipe = client.pipeline(transaction=False)

@@ -1,9 +1,16 @@
-"""Waking waiters: one pub/sub connection per process, no polling, no connection per waiter.
+"""Waking waiters: one pub/sub connection per process (per master, in a cluster), no polling, no
+connection per waiter.
 
 A finished job's script PUBLISHes a :class:`~queueing.jobs.Snapshot` (the whole job as it
 ended) on the channel of every process waiting for it: the submitter's channel is in the
 record from the start; another process adds its own with the WATCH script. A listener hands the
 notice to the local waiters of that job.
+
+Channels are sharded (SSUBSCRIBE/SPUBLISH, Redis >= 7.0), one per partition and listener, in
+the partition's slot: in a cluster a notice travels only within the shard whose master ran the
+script (classic PUBLISH is broadcast to every node, so every node would carry every notice), and
+a listener subscribes on each master that owns some of its channels. A slot that moves ends
+its subscription (the server says so), and the listener subscribes again where it now lives.
 
 The record stays the source of truth, and no wait depends on a notice arriving: when the
 pub/sub connection drops (and once it is back) every waiter is woken without a notice, and the
@@ -17,13 +24,24 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections import OrderedDict, defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
 import redis.exceptions
 
+from queueing.cluster import (
+    AsyncRedis,
+    SyncRedis,
+    master_name,
+    node_connection,
+    node_connection_async,
+)
 from queueing.connection import REDIS_DOWN
 from queueing.jobs import Snapshot
 
@@ -139,6 +157,12 @@ class _Hub:
             log.warning("ignoring a malformed wake-up message: %r", data[:80])
             return
         for notice in notices:
+            if not notice.status.finished:
+                # A job requeued from its dead letters is live again: forget its failure, so
+                # that a wait that starts now waits for its new end.
+                forgotten = self.recent.pop(notice.job_id, None)
+                self.recent_bytes -= _size(forgotten)
+                continue
             self._remember(notice)
             for waiter in list(self.waiters.get(notice.job_id, ())):
                 waiter.wake(notice)
@@ -163,12 +187,53 @@ def _size(notice: Snapshot | None) -> int:
     return 0 if notice is None else len(notice.value) + len(notice.timings) + 200
 
 
-class Listener:
-    """Blocking twin: a daemon thread reading one channel."""
+SUBSCRIBE_TIMEOUT_S = 5.0
+"""Longest a (re)subscription waits for the server to confirm it."""
 
-    def __init__(self, client: redis.Redis, channel: str) -> None:
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _groups(client: SyncRedis, channels: Sequence[str]) -> list[tuple[redis.Redis, list[str]]]:
+    """Where to subscribe: the client itself for a standalone server; in a cluster, a plain
+    client to each master that owns some of the channels' slots (with its channels)."""
+    if not isinstance(client, redis.cluster.RedisCluster):
+        return [(client, list(channels))]
+    by_node: dict[str, list[str]] = defaultdict(list)
+    for channel in channels:
+        by_node[master_name(client, channel)].append(channel)
+    return [(node_connection(client, names[0]), names) for names in by_node.values()]
+
+
+async def _groups_async(
+    client: AsyncRedis, channels: Sequence[str]
+) -> list[tuple[redis.asyncio.Redis, list[str]]]:
+    """Asyncio twin of :func:`_groups` (it learns the cluster's slots first)."""
+    if not isinstance(client, redis.asyncio.cluster.RedisCluster):
+        return [(client, list(channels))]
+    await client.initialize()
+    by_node: dict[str, list[str]] = defaultdict(list)
+    for channel in channels:
+        by_node[master_name(client, channel)].append(channel)
+    return [(node_connection_async(client, names[0]), names) for names in by_node.values()]
+
+
+class _Moved(Exception):
+    """The server dropped a subscription (its slot moved to another master)."""
+
+
+_LOST: tuple[type[Exception], ...] = (*REDIS_DOWN, _Moved)
+"""What ends a subscription: an outage, or the server dropping it."""
+
+
+class Listener:
+    """Blocking twin: daemon threads, one per master that holds some of its channels (one for
+    a standalone server)."""
+
+    def __init__(self, client: SyncRedis, channels: Sequence[str]) -> None:
         self._client = client
-        self.channel = channel
+        self.channels = list(channels)
         self._hub = _Hub()
         self._lock = threading.Lock()
         self._ready = threading.Event()
@@ -177,7 +242,7 @@ class Listener:
         self._error: Exception | None = None
 
     def start(self, timeout: float = 10.0) -> None:
-        """Start listening; returns once the subscription is in place."""
+        """Start listening; returns once the subscriptions are in place."""
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -186,7 +251,7 @@ class Listener:
                 self._thread.start()
         if not self._ready.wait(timeout):
             raise redis.exceptions.ConnectionError(
-                f"could not subscribe to {self.channel}: {self._error or 'timed out'}"
+                f"could not subscribe to {self.channels[0]}...: {self._error or 'timed out'}"
             )
 
     @property
@@ -212,41 +277,105 @@ class Listener:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            pubsubs: list[Any] = []
+            owned: list[redis.Redis] = []
+            broken = threading.Event()
+            readers: list[threading.Thread] = []
             try:
-                pubsub.subscribe(self.channel)
-                pubsub.get_message(ignore_subscribe_messages=False, timeout=5.0)
+                for connection, channels in _groups(self._client, self.channels):
+                    if connection is not self._client:
+                        owned.append(connection)
+                    pubsub = connection.pubsub()
+                    pubsubs.append(pubsub)
+                    for channel in channels:  # (one by one: a cluster refuses CROSSSLOT)
+                        pubsub.ssubscribe(channel)
+                    self._confirm(pubsub, len(channels))
                 self._ready.set()
                 with self._lock:
                     self._hub.wake_all()  # anything that ended while we were not subscribed
-                while not self._stop.is_set():
-                    message = pubsub.get_message(timeout=0.5)
-                    if message is not None and message["type"] == "message":
-                        with self._lock:
-                            self._hub.deliver(message["data"])
-            except REDIS_DOWN as exc:
-                log.warning("result listener lost its connection (%s); reconnecting", exc)
+                for pubsub in pubsubs:
+                    reader = threading.Thread(target=self._read, args=(pubsub, broken), daemon=True)
+                    reader.start()
+                    readers.append(reader)
+                while not self._stop.is_set() and not broken.is_set():
+                    self._stop.wait(0.5)
+            except _LOST as exc:
                 self._error = exc
+                self._lost(exc)
+            finally:
+                broken.set()
+                for reader in readers:
+                    reader.join(timeout=2)
+                for pubsub in pubsubs:
+                    with contextlib.suppress(Exception):
+                        pubsub.close()
+                for connection in owned:
+                    with contextlib.suppress(Exception):
+                        connection.close()
+            if broken.is_set() and not self._stop.is_set():
                 with self._lock:
                     self._hub.wake_all()
                 self._stop.wait(_RETRY_S)
-            finally:
-                with contextlib.suppress(Exception):
-                    pubsub.close()
+
+    def _lost(self, exc: BaseException) -> None:
+        log.warning("result listener lost its subscription (%s); resubscribing", exc)
+        with self._lock:
+            self._hub.wake_all()
+        if isinstance(self._client, redis.cluster.RedisCluster):
+            with contextlib.suppress(Exception):
+                self._client.nodes_manager.initialize()
+        self._stop.wait(_RETRY_S)
+
+    def _confirm(self, pubsub: Any, count: int) -> None:
+        limit = time.monotonic() + SUBSCRIBE_TIMEOUT_S
+        while count > 0:
+            remaining = limit - time.monotonic()
+            if remaining <= 0:
+                raise redis.exceptions.TimeoutError("no confirmation of a subscription")
+            message = pubsub.get_message(timeout=remaining)
+            if message is None:
+                continue
+            if message["type"] == "ssubscribe":
+                count -= 1
+            elif message["type"] == "smessage":
+                with self._lock:
+                    self._hub.deliver(message["data"])
+
+    def _read(self, pubsub: Any, broken: threading.Event) -> None:
+        try:
+            while not broken.is_set() and not self._stop.is_set():
+                message = pubsub.get_message(timeout=0.5)
+                if message is None:
+                    continue
+                if message["type"] == "smessage":
+                    with self._lock:
+                        self._hub.deliver(message["data"])
+                elif message["type"] == "sunsubscribe":
+                    raise _Moved(f"unsubscribed from {_text(message['channel'])}")
+        except _LOST as exc:
+            if not broken.is_set():
+                self._error = exc
+                log.warning("result listener lost its subscription (%s); resubscribing", exc)
+                if isinstance(self._client, redis.cluster.RedisCluster):
+                    with contextlib.suppress(Exception):
+                        self._client.nodes_manager.initialize()
+        finally:
+            broken.set()
 
 
 class AsyncListener:
-    """Asyncio twin: one task reading one channel."""
+    """Asyncio twin: a task per master that holds some of its channels (one for a standalone
+    server)."""
 
-    def __init__(self, client: redis.asyncio.Redis, channel: str) -> None:
+    def __init__(self, client: AsyncRedis, channels: Sequence[str]) -> None:
         self._client = client
-        self.channel = channel
+        self.channels = list(channels)
         self._hub = _Hub()
         self._ready: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, timeout: float = 10.0) -> None:
-        """Start listening; returns once the subscription is in place."""
+        """Start listening; returns once the subscriptions are in place."""
         if self._task is None:
             self._ready = asyncio.Event()
             self._task = asyncio.create_task(self._run(), name="batchline-listener")
@@ -258,7 +387,7 @@ class AsyncListener:
                 await self._ready.wait()
         except TimeoutError:
             raise redis.exceptions.ConnectionError(
-                f"could not subscribe to {self.channel} within {timeout}s"
+                f"could not subscribe to {self.channels[0]}... within {timeout}s"
             ) from None
 
     @property
@@ -284,21 +413,62 @@ class AsyncListener:
     async def _run(self) -> None:
         assert self._ready is not None
         while True:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            pubsubs: list[Any] = []
+            owned: list[redis.asyncio.Redis] = []
+            readers: list[asyncio.Task[None]] = []
             try:
-                await pubsub.subscribe(self.channel)
-                await pubsub.get_message(ignore_subscribe_messages=False, timeout=5.0)
+                for connection, channels in await _groups_async(self._client, self.channels):
+                    if connection is not self._client:
+                        owned.append(connection)
+                    pubsub = connection.pubsub()
+                    pubsubs.append(pubsub)
+                    for channel in channels:  # (one by one: a cluster refuses CROSSSLOT)
+                        await pubsub.ssubscribe(channel)
+                    await self._confirm(pubsub, len(channels))
                 self._ready.set()
+                self._hub.wake_all()  # anything that ended while we were not subscribed
+                readers = [asyncio.create_task(self._read(pubsub)) for pubsub in pubsubs]
+                done, _ = await asyncio.wait(readers, return_when=asyncio.FIRST_COMPLETED)
+                for reader in done:
+                    reader.result()  # raises what ended it
+            except _LOST as exc:
+                log.warning("result listener lost its subscription (%s); resubscribing", exc)
                 self._hub.wake_all()
-                while True:
-                    # A bounded wait on the socket (no command is sent), under its timeout.
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is not None and message["type"] == "message":
-                        self._hub.deliver(message["data"])
-            except REDIS_DOWN as exc:
-                log.warning("result listener lost its connection (%s); reconnecting", exc)
-                self._hub.wake_all()
+                if isinstance(self._client, redis.asyncio.cluster.RedisCluster):
+                    with contextlib.suppress(Exception):
+                        await self._client.nodes_manager.initialize()
                 await asyncio.sleep(_RETRY_S)
             finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                for reader in readers:
+                    reader.cancel()
+                for reader in readers:
+                    with contextlib.suppress(BaseException):
+                        await reader
+                for pubsub in pubsubs:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
+                for connection in owned:
+                    with contextlib.suppress(Exception):
+                        await connection.aclose()
+
+    async def _confirm(self, pubsub: Any, count: int) -> None:
+        async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
+            while count > 0:
+                message = await pubsub.get_message(timeout=SUBSCRIBE_TIMEOUT_S)
+                if message is None:
+                    continue
+                if message["type"] == "ssubscribe":
+                    count -= 1
+                elif message["type"] == "smessage":
+                    self._hub.deliver(message["data"])
+
+    async def _read(self, pubsub: Any) -> None:
+        while True:
+            # A bounded wait on the socket (no command is sent), under its timeout.
+            message = await pubsub.get_message(timeout=1.0)
+            if message is None:
+                continue
+            if message["type"] == "smessage":
+                self._hub.deliver(message["data"])
+            elif message["type"] == "sunsubscribe":
+                raise _Moved(f"unsubscribed from {_text(message['channel'])}")

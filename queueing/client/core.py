@@ -151,7 +151,7 @@ class SubmitPlan:
                     now=repr(time.time()),
                     max_backlog=max(1, -(-limit // core.settings.partitions)),
                     idempotency_ttl=int(core.settings.result_ttl_s),
-                    reply=core.channel,
+                    reply=core.channel(partition),
                     owner=owner,
                 )
             )
@@ -196,12 +196,17 @@ def _user_key(full: str | None) -> str:
 
 
 class Core:
-    """Everything the twins share: settings, keys, this client's channel, known pipelines."""
+    """Everything the twins share: settings, keys, this client's channels, known pipelines."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.keys = Keys(settings.prefix)
-        self.channel = self.keys.notify(secrets.token_hex(8))
+        self.listener_id = secrets.token_hex(8)
+        self.channels = [
+            self.keys.notify(partition, self.listener_id)
+            for partition in range(settings.partitions)
+        ]
+        """This client's wake-up channel in each partition (see :mod:`queueing.waiters`)."""
         self.specs: dict[str, PipelineSpec] = {}
         self._next_partition = itertools.count()
         self.waitaof = settings.durable_submit
@@ -234,8 +239,12 @@ class Core:
         before = JobStatus(reply.decode())
         return JobStatus.CANCELLED if not before.finished else before
 
+    def channel(self, partition: int) -> str:
+        """This client's wake-up channel for the jobs of ``partition``."""
+        return self.channels[partition]
+
     def watch_call(self, job_id: str) -> Call:
-        return watch_call(self.keys.job(job_id), self.channel)
+        return watch_call(self.keys.job(job_id), self.channel(partition_of(job_id)))
 
     def orphan_call(self, snapshot: Snapshot) -> Call | None:
         """The ORPHAN check for a job live for longer than the visibility timeout (None for a
@@ -259,6 +268,13 @@ class Core:
             raise NotDurable(
                 "the server did not fsync its AOF within 5 s (is appendfsync set to 'no'?): "
                 "the job is queued, but not known to be on disk"
+            )
+
+    def check_replicated(self, replicas: int) -> None:
+        if int(replicas) < 1:
+            raise NotDurable(
+                "no replica of the partition's master acknowledged the submit within 5 s: the "
+                "job is queued, but a failover of that master before it replicates loses it"
             )
 
     def waitaof_failed(self, exc: redis.exceptions.ResponseError) -> None:

@@ -13,16 +13,18 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import redis
+import redis.cluster
 import redis.exceptions
 
 from queueing.client.core import SUBMIT_CHUNK, Core, SubmitPlan
 from queueing.client.retry import Attempt, Backoff, outage_log
+from queueing.cluster import node_connection
 from queueing.connection import REDIS_DOWN, broker_errors, connect
 from queueing.errors import JobError, ResultTimeout, UnknownJob
 from queueing.jobs import JobRecord, JobStatus, Snapshot
 from queueing.message import decode_result
 from queueing.registry import PipelineSpec, lookup, parse_registry
-from queueing.scripts import CANCEL, ORPHAN, SUBMIT, WATCH
+from queueing.scripts import CANCEL, ORPHAN, SUBMIT, WATCH, SubmitCall
 from queueing.settings import Settings
 from queueing.waiters import RECHECK_S, Listener, Waiter
 
@@ -159,7 +161,7 @@ class Client:
         if self._listener is not None and self._listener.ready:
             return self._listener
         if self._listener is None:
-            self._listener = Listener(self.redis, self.core.channel)
+            self._listener = Listener(self.redis, self.core.channels)
         with broker_errors():
             self._listener.start()
         return self._listener
@@ -247,29 +249,59 @@ class Client:
         reply was lost) is answered as existing, not queued twice."""
         for attempt in self._attempts():
             with attempt:
-                if len(plan.calls) == 1:  # the usual case: no pipeline, no SCRIPT EXISTS first
+                if self.core.waitaof and isinstance(self.redis, redis.cluster.RedisCluster):
+                    replies = []
+                    for call in plan.calls:
+                        replies.append(self._submit_replicated(call, attempt.retry))
+                elif len(plan.calls) == 1:  # the usual case: no pipeline, no SCRIPT EXISTS first
                     keys, args = plan.calls[0].pack(retry=attempt.retry)
                     replies = [self._submit(keys=keys, args=args)]
                 else:
-                    pipe = self.redis.pipeline(transaction=False)
+                    pipe: Any = self.redis.pipeline(transaction=False)
                     for call in plan.calls:
                         keys, args = call.pack(retry=attempt.retry)
                         self._submit(keys=keys, args=args, client=pipe)
                     replies = pipe.execute(raise_on_error=False)
-                    for reply in replies:  # (a server loading its data answers each call so)
-                        if isinstance(reply, REDIS_DOWN):
+                    for index, reply in enumerate(replies):
+                        if isinstance(reply, REDIS_DOWN):  # (a server loading its data, say)
                             raise reply
+                        if isinstance(reply, redis.exceptions.NoScriptError):
+                            # A cluster master that has not seen the script yet (a pipeline
+                            # cannot load it first there): the call did not run; run it alone.
+                            keys, args = plan.calls[index].pack(retry=attempt.retry)
+                            replies[index] = self._submit(keys=keys, args=args)
                 self._wait_for_aof()
         return plan.results(replies)
 
     def _wait_for_aof(self) -> None:
-        if self.core.waitaof:
+        """A durable submit on a standalone server: WAITAOF (a cluster's waits for a replica
+        in :meth:`_submit_replicated` instead)."""
+        if self.core.waitaof and not isinstance(self.redis, redis.cluster.RedisCluster):
             try:
                 reply = self.redis.execute_command("WAITAOF", 1, 0, 5000)
             except redis.exceptions.ResponseError as exc:
                 self.core.waitaof_failed(exc)
             else:
                 self.core.check_waitaof(reply)
+
+    def _submit_replicated(self, call: SubmitCall, retry: bool) -> Any:
+        """A durable submit in a cluster: the SUBMIT call, then WAIT on the same connection
+        to the partition's master, so that it returns once a replica has the jobs (the replica
+        a failover promotes). A slot that moved meanwhile refreshes the client's view of the
+        cluster and retries (the retry flag makes that safe)."""
+        assert isinstance(self.redis, redis.cluster.RedisCluster)
+        keys, args = call.pack(retry=retry)
+        master = node_connection(self.redis, keys[0])
+        try:
+            reply = self._submit(keys=keys, args=args, client=master)
+            replicas = master.execute_command("WAIT", 1, 5000)
+        except redis.exceptions.AskError as exc:  # (MOVED too)
+            self.redis.nodes_manager.initialize()
+            raise redis.exceptions.TryAgainError(f"the partition moved: {exc}") from exc
+        finally:
+            master.close()
+        self.core.check_replicated(replicas)
+        return reply
 
     def job(self, job_id: str) -> Job:
         """A handle on an existing job (UnknownJob if there is none)."""

@@ -64,10 +64,11 @@ local function job_state(job)
     'timings', 'ttl')
 end
 
--- One PUBLISH per channel for all the wake-ups of this call.
+-- One SPUBLISH per channel for all the wake-ups of this call (sharded pub/sub: the channel is
+-- in this partition's slot, so in a cluster only this shard carries it).
 local function flush_notices()
   for channel, list in pairs(notices) do
-    redis.call('PUBLISH', channel, table.concat(list))
+    redis.call('SPUBLISH', channel, table.concat(list))
   end
 end
 

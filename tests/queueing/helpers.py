@@ -256,20 +256,20 @@ def job_keys(redis_client: redis.Redis, settings: Settings) -> list[str]:
 
 
 class Subscription:
-    """A pub/sub subscription of the test's own, to see what the scripts PUBLISH."""
+    """A (sharded) pub/sub subscription of the test's own, to see what the scripts SPUBLISH."""
 
     def __init__(self, redis_client: redis.Redis, channel: str) -> None:
         self.pubsub = redis_client.pubsub()
-        self.pubsub.subscribe(channel)
+        self.pubsub.ssubscribe(channel)
         confirmation = self.pubsub.get_message(timeout=5)
         assert confirmation is not None
-        assert confirmation["type"] == "subscribe"
+        assert confirmation["type"] == "ssubscribe"
 
     def drain(self, quiet_s: float = 0.2) -> list[bytes]:
         """Every message published so far (waits until none comes for ``quiet_s``)."""
         got = []
         while (message := self.pubsub.get_message(timeout=quiet_s)) is not None:
-            if message["type"] == "message":
+            if message["type"] == "smessage":
                 got.append(message["data"])
         return got
 

@@ -167,7 +167,7 @@ def test_result_of_a_job_submitted_by_another_client(
             handle = await client.job(job_id)
             waiting = asyncio.create_task(handle.result(timeout=30))
             for _ in range(1000):
-                if client.core.channel in job_hash(redis_client, settings, job_id)["reply"]:
+                if client.core.channel(0) in job_hash(redis_client, settings, job_id)["reply"]:
                     break
                 await asyncio.sleep(0.01)
             else:

@@ -83,7 +83,7 @@ def test_submit_writes_a_queued_record_and_one_stream_entry(
     assert record["stage"] == "echo.run"
     assert record["owner"] == "alice"
     assert not record.get("deadline")
-    assert record["reply"] == client.core.channel
+    assert record["reply"] == client.core.channel(0)
     assert before <= float(record["created_at"]) <= time.time()
     assert redis_client.ttl(Keys().job(job.id)) == -1  # a live job never expires
 
@@ -439,12 +439,12 @@ def test_result_of_a_job_submitted_by_another_client_wakes_up(
         waiter = _Waiter(handle)
         waiter.start()
         _wait_until(
-            lambda: other.core.channel in job_hash(redis_client, settings, job.id)["reply"],
+            lambda: other.core.channel(0) in job_hash(redis_client, settings, job.id)["reply"],
             "the second client to watch the job",
         )
         assert job_hash(redis_client, settings, job.id)["reply"].split() == [
-            client.core.channel,
-            other.core.channel,
+            client.core.channel(0),
+            other.core.channel(0),
         ]
         run(process(settings, "echo.run", 1, result=str.upper))
         waiter.join(10)

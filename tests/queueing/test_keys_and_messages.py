@@ -94,7 +94,7 @@ def test_key_layout_and_prefix() -> None:
     assert keys.job("2-" + "0" * 32) == "stage:{2}:job:2-" + "0" * 32
     assert keys.registry == "stage:registry"
     assert keys.workers == "stage:workers"
-    assert keys.notify("x") == "stage:notify:x"
+    assert keys.notify(3, "x") == "stage:{3}:notify:x"
     assert Keys.group("p.a") == "p.a"
     assert Keys() == Keys("bl")
 
