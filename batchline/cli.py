@@ -12,8 +12,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from batchline import bulk
-from pipelines.loading import load_pipelines
+from batchline.up import add_workers_option
+from pipelines.loading import load_pipelines, unavailable
 from queueing.errors import BatchlineError, ConfigError
 from queueing.settings import Settings
 from workers.stage import Stage, Topology
@@ -38,8 +38,15 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def load_topologies(settings: Settings) -> dict[str, Topology]:
-    return {name: p.compile() for name, p in load_pipelines(settings.pipelines).items()}
+def load_topologies(settings: Settings, *, runnable: bool = False) -> dict[str, Topology]:
+    """The pipelines, compiled; with ``runnable``, only those whose extras are installed
+    (the others are named in a warning, with the ``pip install`` that brings them)."""
+    pipelines = load_pipelines(settings.pipelines)
+    if runnable:
+        for name, reason in sorted(unavailable(pipelines).items()):
+            log.warning("skipping pipeline %s: it %s", name, reason)
+            del pipelines[name]
+    return {name: p.compile() for name, p in pipelines.items()}
 
 
 def select_stages(topologies: dict[str, Topology], targets: Sequence[str]) -> list[Stage]:
@@ -69,8 +76,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from workers.worker import Worker
 
     settings = _settings(args)
-    topologies = load_topologies(settings)
-    stages = select_stages(topologies, args.targets)
+    topologies = load_topologies(settings, runnable=True)
+    skipped = unavailable(load_pipelines(settings.pipelines))
+    targets = [t for t in args.targets if t.split(".", 1)[0] not in skipped]
+    if not targets:
+        asked = sorted({t.split(".", 1)[0] for t in args.targets})
+        raise ConfigError("nothing to run here: " + "; ".join(f"{p} {skipped[p]}" for p in asked))
+    stages = select_stages(topologies, targets)
     worker = Worker(list(topologies.values()), stages, settings, burst=args.burst)
     asyncio.run(worker.run())
     return 0
@@ -131,12 +143,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     from batchline.up import run_up
 
     settings = _settings(args)
-    topologies = load_topologies(settings)
+    topologies = load_topologies(settings, runnable=True)
     return run_up(
         settings,
         host=args.host,
         port=args.port,
         topologies=topologies,
+        workers=args.workers,
         publish=lambda resolved: publish_topologies(resolved, topologies),
     )
 
@@ -238,6 +251,7 @@ def parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=default_port, help="gateway port (default 8000)")
+    add_workers_option(up)
     common(up)
     up.set_defaults(run=cmd_up)
 
@@ -281,7 +295,6 @@ def parser() -> argparse.ArgumentParser:
 
     keygen = sub.add_parser("keygen", help="make an API key and the digest to configure")
     keygen.set_defaults(run=cmd_keygen)
-    bulk.register(sub)
     return top
 
 

@@ -2,8 +2,16 @@
 
 With no ``REDIS_URL`` it starts the embedded server (under ``BATCHLINE_DATA_DIR``), then
 publishes the pipelines to the registry and runs, each as its own process with its output
-prefixed by its name: the gateway (``batchline web``) and one worker per stage of the
-pipelines (``batchline worker <pipeline>.<stage>``).
+prefixed by its name: the gateway (``batchline web``) and the workers, as ``--workers`` says:
+``per-pipeline`` (the default: ``batchline worker <pipeline>``, one process per pipeline),
+``per-stage`` (``batchline worker <pipeline>.<stage>``, each stage alone, as the Procfile scales
+them) or ``one`` (a single worker process runs every stage).
+
+Each worker process that runs a torch model pays for torch itself (about 300-400 MB resident
+once a model is loaded), so fewer processes save most of the memory; ``per-pipeline`` keeps
+a pipeline that crashes at start-up, or a slow model, from taking the others down with it,
+which ``one`` does not. Pipelines whose extras are not installed were dropped by the CLI,
+with a warning naming the ``pip install`` that brings them.
 
 Children run in their own sessions, so a Ctrl-C reaches this supervisor alone; it sends
 SIGTERM to every child (the gateway stops accepting, workers finish the batches in hand), waits
@@ -41,6 +49,29 @@ SERVER_RESTARTS = 5
 SERVER_RESTART_WINDOW_S = 300.0
 SERVER_START_S = 600.0
 """How long a restarted server may take to answer (it loads its AOF first)."""
+WORKER_MODES = ("per-pipeline", "per-stage", "one")
+DEFAULT_WORKERS = "per-pipeline"
+
+
+def add_workers_option(parser: Any) -> None:
+    """``--workers per-pipeline|per-stage|one`` (``BATCHLINE_UP_WORKERS``)."""
+    parser.add_argument(
+        "--workers",
+        choices=WORKER_MODES,
+        default=os.environ.get("BATCHLINE_UP_WORKERS") or DEFAULT_WORKERS,
+        help="worker processes: one per pipeline (default), one per stage, or one in all",
+    )
+
+
+def worker_processes(topologies: Mapping[str, Any], mode: str) -> list[tuple[str, list[str]]]:
+    """(process name, ``batchline worker`` targets) of each worker process of ``mode``."""
+    if mode == "per-stage":
+        return [(s, [s]) for topology in topologies.values() for s in topology.stages]
+    if mode == "per-pipeline":
+        return [(name, [name]) for name in topologies]
+    if mode == "one":
+        return [("worker", list(topologies))] if topologies else []
+    raise ConfigError(f"--workers {mode!r}: use one of {', '.join(WORKER_MODES)}")
 
 
 @dataclass
@@ -198,13 +229,14 @@ def run_up(
     port: int,
     topologies: Mapping[str, Any],
     publish: Any,
+    workers: str = DEFAULT_WORKERS,
 ) -> int:
     """Run everything until Ctrl-C / SIGTERM (0) or until a child exits on its own (1).
 
     ``topologies`` are the compiled pipelines by name; ``publish(settings)`` writes them to
     the registry (handed in by the CLI, which owns loading them)."""
-    stages = [stage for topology in topologies.values() for stage in topology.stages]
-    output = Output(width=max([8, *(len(s) for s in stages)]))
+    processes = worker_processes(topologies, workers)
+    output = Output(width=max([8, *(len(name) for name, _ in processes)]))
     stopping = threading.Event()
 
     def on_signal(signum: int, _: Any) -> None:
@@ -236,12 +268,12 @@ def run_up(
         supervisor = Supervisor(env, output)
         batchline = [sys.executable, "-m", "batchline"]
         supervisor.spawn("web", [*batchline, "web", "--host", host, "--port", str(port)])
-        for stage in stages:
-            supervisor.spawn(stage, [*batchline, "worker", stage])
+        for name, targets in processes:
+            supervisor.spawn(name, [*batchline, "worker", *targets])
         output.line(
             "up",
-            f"gateway on http://{host}:{port} (docs: /docs), {len(stages)} worker(s); "
-            "Ctrl-C stops everything",
+            f"gateway on http://{host}:{port} (docs: /docs), {len(processes)} worker "
+            f"process(es), {workers}; Ctrl-C stops everything",
         )
         while not stopping.is_set():
             failure = keeper.check() if keeper is not None else None

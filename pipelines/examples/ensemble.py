@@ -7,15 +7,18 @@ from typing import Any
 
 from pipelines.dsl import Pipeline, fan_out, stage
 from pipelines.examples.mlp import CLASSES, FEATURES, build_mlp
+from workers.adapters.base import check_extras
 from workers.batching import batch
 
 
 class _Member:
+    extras = ("torch",)
     seed = 0
 
     def setup(self, device: str) -> None:
         from workers.adapters.torch import prepare
 
+        check_extras(self)
         self.device = device
         self.model = prepare(build_mlp(self.seed), device)
 

@@ -14,6 +14,7 @@ import os
 import tempfile
 
 from pipelines.dsl import Pipeline, stage
+from workers.adapters.base import check_extras
 from workers.adapters.sklearn import SklearnModel
 
 SEED = 0
@@ -46,6 +47,7 @@ class IrisClassifier(SklearnModel):
     methods = ("predict", "predict_proba")
 
     def setup(self, device: str) -> None:
+        check_extras(self)  # before training, which imports the framework
         train_iris(MODEL_PATH)
         super().setup(device)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from pipelines.dsl import Pipeline, stage
 from pipelines.examples.iris import EXAMPLES_DIR
+from workers.adapters.base import check_extras
 from workers.adapters.keras import KerasModel, import_keras
 
 FEATURES = 8
@@ -62,6 +63,7 @@ class TabularModel(KerasModel):
     path = MODEL_PATH
 
     def setup(self, device: str) -> None:
+        check_extras(self)  # before training, which imports the framework
         train_tabular(MODEL_PATH)
         super().setup(device)
 

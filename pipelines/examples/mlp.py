@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipelines.dsl import Pipeline, stage
+from workers.adapters.base import check_extras
 from workers.batching import batch
 
 FEATURES = 16
@@ -34,9 +35,12 @@ def build_mlp(seed: int = SEED) -> Any:
 
 
 class MLPClassifier:
+    extras = ("torch",)
+
     def setup(self, device: str) -> None:
         from workers.adapters.torch import prepare
 
+        check_extras(self)
         self.device = device
         self.model = prepare(build_mlp(), device)
 

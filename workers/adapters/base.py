@@ -28,6 +28,7 @@ from queueing.message import (
     is_tensor_document,
     tensor_document,
 )
+from workers.adapters.extras import MissingExtra, missing_modules, stage_extras
 from workers.batching import BatchedHandler, batch
 
 if TYPE_CHECKING:
@@ -41,6 +42,8 @@ class ModelStage:
     attributes; the worker instantiates the class once, calls ``setup(device)``, then hands
     whole batches to ``handle``."""
 
+    extras: ClassVar[tuple[str, ...]] = ()
+    """The ``batchline`` extras this stage needs (see :mod:`workers.adapters.extras`)."""
     max_batch_size: ClassVar[int] = 64
     """The most items one model call gets."""
     batch_wait_timeout_s: ClassVar[float] = 0.0
@@ -67,6 +70,7 @@ class ModelStage:
 
     def setup(self, device: str) -> None:
         """Load the model once, on ``device`` (the worker's: ``cuda`` when there is one)."""
+        check_extras(self)
         self.device = device
         self.model = self.load(device)
 
@@ -92,6 +96,14 @@ class ModelStage:
     def run_batch(self, inputs: list[Any]) -> list[Any]:
         """One batch: stack, one forward call, unstack (``handle`` is this, batched)."""
         return self.unstack(self.forward(self.stack(inputs)), inputs)
+
+
+def check_extras(stage: Any) -> None:
+    """MissingExtra (with the ``pip install`` line) if an extra ``stage`` needs is missing."""
+    for extra in stage_extras(stage):
+        missing = missing_modules(extra)
+        if missing:
+            raise MissingExtra(extra, missing, type(stage).__name__)
 
 
 # -- arrays ---------------------------------------------------------------------------------

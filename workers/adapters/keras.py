@@ -18,8 +18,8 @@ import os
 import sys
 from typing import Any, ClassVar
 
-from queueing.errors import ConfigError
 from workers.adapters.base import ModelStage, as_numpy, map_arrays, required
+from workers.adapters.extras import require
 
 PathLike = str | os.PathLike[str]
 
@@ -27,6 +27,7 @@ PathLike = str | os.PathLike[str]
 class KerasModel(ModelStage):
     """A batched stage around a Keras 3 model file (see the module doc)."""
 
+    extras: ClassVar[tuple[str, ...]] = ("keras",)
     path: ClassVar[PathLike | None] = None
     """The ``.keras`` file (``model.save(path)``)."""
     max_batch_size: ClassVar[int] = 256
@@ -52,11 +53,7 @@ def import_keras() -> Any:
     """Keras, on the torch backend unless KERAS_BACKEND names another."""
     if "keras" not in sys.modules:
         os.environ.setdefault("KERAS_BACKEND", "torch")
-    try:
-        import keras
-    except ImportError as exc:
-        raise ConfigError(f"the Keras adapter needs keras 3 (pip install keras): {exc}") from exc
-    return keras
+    return require("keras", "keras", "the Keras adapter")
 
 
 def keras_device(device: str) -> str:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 class TorchPolicy(TorchModel):
     """A torch policy network for a Gymnasium environment (see the module doc)."""
 
+    extras: ClassVar[tuple[str, ...]] = ("rl",)
     env: ClassVar[str | None] = None
     """The Gymnasium id of the environment (made once at setup to read its spaces)."""
     deterministic: ClassVar[bool] = True
@@ -61,6 +62,7 @@ class RLlibPolicy(TorchModel):
     """An RLlib RLModule (torch) from a checkpoint: an algorithm's (``algo.save()``; its
     ``module_id`` module is served) or a module's own (``RLModule.save_to_path()``)."""
 
+    extras: ClassVar[tuple[str, ...]] = ("rllib",)
     checkpoint: ClassVar[PathLike | None] = None
     module_id: ClassVar[str] = "default_policy"
     deterministic: ClassVar[bool] = True
@@ -68,10 +70,8 @@ class RLlibPolicy(TorchModel):
     max_batch_size: ClassVar[int] = 256
 
     def load(self, device: str) -> Any:
-        try:
-            from ray.rllib.core.rl_module.rl_module import RLModule
-        except ImportError as exc:
-            raise ConfigError(f"RLlibPolicy needs pip install 'batchline[rllib]': {exc}") from exc
+        from ray.rllib.core.rl_module.rl_module import RLModule  # (extras checked at setup)
+
         path = Path(required(self, "checkpoint"))
         nested = path / "learner_group" / "learner" / "rl_module" / self.module_id
         module = RLModule.from_checkpoint(str(nested if nested.is_dir() else path))

@@ -27,6 +27,7 @@ PathLike = str | os.PathLike[str]
 class SklearnModel(ModelStage):
     """A batched stage around a fitted scikit-learn estimator (see the module doc)."""
 
+    extras: ClassVar[tuple[str, ...]] = ("sklearn",)
     path: ClassVar[PathLike | None] = None
     """The estimator's file (``joblib.dump`` or ``pickle.dump``)."""
     sha256: ClassVar[str | None] = None

@@ -42,6 +42,7 @@ PathLike = str | os.PathLike[str]
 class TorchModel(ModelStage):
     """A batched stage around a torch module; set one source (see the module doc)."""
 
+    extras: ClassVar[tuple[str, ...]] = ("torch",)
     weights: ClassVar[PathLike | None] = None
     """A state_dict file, loaded with ``weights_only=True`` into the module ``build()`` makes."""
     torchscript: ClassVar[PathLike | None] = None
