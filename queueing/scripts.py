@@ -245,3 +245,22 @@ ORPHAN = load("orphan")
 
 def orphan_call(job_key: str, stream: str, job_id: str, now: str, ttl: int) -> Call:
     return [job_key, stream], [job_id, now, ttl]
+
+
+# -- REQUEUE -----------------------------------------------------------------------------------
+
+REQUEUE = load("requeue")
+
+
+def requeue_call(
+    dead: str,
+    stream: str,
+    job_key: str,
+    stats: str,
+    *,
+    dead_id: str,
+    job_id: str,
+    stage: str,
+    now: str,
+) -> Call:
+    return [dead, stream, job_key, stats], [dead_id, job_id, stage, now]

@@ -96,3 +96,17 @@ def test_a_worker_skips_the_pipelines_whose_extras_are_missing(settings: Setting
     assert alone.returncode == 2, alone.stderr
     assert "nothing to run here: mlp needs torch" in alone.stderr
     assert "pip install 'batchline[torch]'" in alone.stderr
+
+
+def test_every_package_is_in_the_distribution() -> None:
+    import tomllib
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for top in ("api", "batchline", "pipelines", "queueing", "workers")
+        for init in (ROOT / top).rglob("__init__.py")
+    }
+    assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages"

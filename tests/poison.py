@@ -1,0 +1,44 @@
+"""A pipeline for the dead-letter and dashboard tests (loaded by workers through
+BATCHLINE_PIPELINES): ``t_poison``, a ``prepare`` stage handing to a ``model`` stage.
+
+``model`` runs batches of one. An item ``{"x": int, "poison": true}`` SIGKILLs its worker while
+the key :data:`POISONED` exists in the test server (the bug), and runs like any other once it is
+deleted (the fix): dead-lettered, then requeued, it can end done. ``"sleep": s`` makes the model
+take ``s`` seconds on the item. Every item ``model`` starts is recorded in ``test:seen:<stage>``
+(see :mod:`tests.pipelines`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+from pipelines.dsl import Pipeline, stage
+from tests.pipelines import Recorded, record
+from workers.batching import batch
+
+POISONED = "test:poisoned"
+STAGES = ("t_poison.prepare", "t_poison.model")
+
+
+@batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+def prepare(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**item, "prepared": True} for item in items]
+
+
+class PoisonModel(Recorded):
+    stage_name = "t_poison.model"
+
+    @batch(max_batch_size=1, batch_wait_timeout_s=0.0)
+    def predict(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        poisoned = self.redis is not None and self.redis.exists(POISONED)
+        if poisoned and any(item.get("poison") for item in items):
+            record(self.stage_name, items, self.redis)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.run(items)
+
+
+t_poison = Pipeline(
+    "t_poison", stage(prepare, name="prepare"), stage(PoisonModel, name="model"), example={"x": 1}
+)
