@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import errors
+from api import bulk, errors
 from api.fastpath import FastPath
 from api.gateway import GATEWAY_RETRY_S, Gateway
 from api.limits import BodyLimit
@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastPath:
     )
     app.include_router(v1)
     app.include_router(ops)
+    app.include_router(bulk.router)
     errors.install(app)
 
     def body_limit() -> int:
@@ -69,7 +70,7 @@ def create_app(settings: Settings | None = None) -> FastPath:
     # Added last, run first: metrics see every request, including a 413. The hot routes are
     # served before all of FastAPI's layers, with the same limit, metrics and error mapping.
     app.add_middleware(HeadAsGet)
-    app.add_middleware(BodyLimit, limit=body_limit)
+    app.add_middleware(BodyLimit, limit=body_limit, exempt=bulk.own_limit)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return FastPath(app, metrics=metrics, limit=body_limit)
 

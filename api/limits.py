@@ -19,12 +19,19 @@ class BodyLimit:
     """Refuse request bodies over ``limit()`` bytes (read per request, so the limit can come
     from settings resolved at start-up)."""
 
-    def __init__(self, app: ASGIApp, limit: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        limit: Callable[[], int],
+        exempt: Callable[[Scope], bool] | None = None,
+    ) -> None:
         self.app = app
         self.limit = limit
+        self.exempt = exempt
+        """Requests whose route limits its body itself (a bulk upload)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (self.exempt is not None and self.exempt(scope)):
             await self.app(scope, receive, send)
             return
         limit = self.limit()

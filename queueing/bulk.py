@@ -30,7 +30,7 @@ from rq.registry import (
     StartedJobRegistry,
 )
 
-from queueing.errors import BatchlineError, ConfigError
+from queueing.errors import BatchlineError, ConfigError, UnknownJob
 from queueing.keys import Keys
 from queueing.settings import Settings
 
@@ -40,12 +40,12 @@ FUNCTION = "workers.bulk.run_bulk"
 FORMATS = ("jsonl", "csv", "parquet")
 
 
-class UnknownBulk(BatchlineError, LookupError):
-    """No bulk job has that id."""
+class UnknownBulk(UnknownJob):
+    """No bulk job has that id (or it is another key's): a 404 like an unknown job."""
 
     def __init__(self, bulk_id: str) -> None:
-        super().__init__(f"no bulk job {bulk_id!r}")
-        self.bulk_id = bulk_id
+        BatchlineError.__init__(self, f"unknown bulk job {bulk_id!r}")
+        self.job_id = self.bulk_id = bulk_id
 
 
 def format_of(path: str, given: str | None = None) -> str:

@@ -64,6 +64,11 @@ class Settings:
     key (they need one by default; /readyz's status and /healthz always answer)."""
     max_body_bytes: int = 1_048_576
     """Largest request body the gateway accepts."""
+    bulk_max_bytes: int = 1 << 30
+    """Largest file ``POST /v1/pipelines/{name}/bulk`` takes (its own limit, not the body's)."""
+    bulk_dir: str = ".batchline/bulk"
+    """Where the gateway keeps uploaded bulk files and their results: storage that the
+    ``rq worker batchline-bulk`` processes see at the same path (a shared volume)."""
     max_wait_s: float = 60.0
     """Longest a gateway call may wait for a result (long-poll and synchronous calls)."""
     retry_s: float = 10.0
@@ -97,6 +102,7 @@ class Settings:
             ("max_backlog", self.max_backlog >= 1),
             ("block_ms", 1 <= self.block_ms <= 60_000),
             ("max_body_bytes", self.max_body_bytes >= 1),
+            ("bulk_max_bytes", self.bulk_max_bytes >= 1),
             ("max_wait_s", 0 < self.max_wait_s < 1e6),
             ("retry_s", 0 <= self.retry_s < 1e6),
             ("torch_threads", self.torch_threads >= 0),
