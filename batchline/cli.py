@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from batchline import dlq
+from batchline import deploy, dlq
 from batchline.up import add_workers_option
 from pipelines.loading import load_pipelines, unavailable
 from queueing.errors import BatchlineError, ConfigError
@@ -297,6 +297,7 @@ def parser() -> argparse.ArgumentParser:
     keygen = sub.add_parser("keygen", help="make an API key and the digest to configure")
     keygen.set_defaults(run=cmd_keygen)
     dlq.register(sub)
+    deploy.register(sub)
     return top
 
 
