@@ -39,13 +39,17 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def load_topologies(settings: Settings, *, runnable: bool = False) -> dict[str, Topology]:
-    """The pipelines, compiled; with ``runnable``, only those whose extras are installed
-    (the others are named in a warning, with the ``pip install`` that brings them)."""
+def load_topologies(
+    settings: Settings, *, runnable: bool = False, asked: Sequence[str] | None = None
+) -> dict[str, Topology]:
+    """The pipelines, compiled; with ``runnable``, only those whose extras are installed.
+    Those left out are named in a warning, with the ``pip install`` that brings them (only
+    those among the ``asked`` pipelines, when given)."""
     pipelines = load_pipelines(settings.pipelines)
     if runnable:
         for name, reason in sorted(unavailable(pipelines).items()):
-            log.warning("skipping pipeline %s: it %s", name, reason)
+            if asked is None or name in asked:
+                log.warning("skipping pipeline %s: it %s", name, reason)
             del pipelines[name]
     return {name: p.compile() for name, p in pipelines.items()}
 
@@ -77,11 +81,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from workers.worker import Worker
 
     settings = _settings(args)
-    topologies = load_topologies(settings, runnable=True)
+    asked = sorted({t.split(".", 1)[0] for t in args.targets})
+    topologies = load_topologies(settings, runnable=True, asked=asked)
     skipped = unavailable(load_pipelines(settings.pipelines))
     targets = [t for t in args.targets if t.split(".", 1)[0] not in skipped]
     if not targets:
-        asked = sorted({t.split(".", 1)[0] for t in args.targets})
         raise ConfigError("nothing to run here: " + "; ".join(f"{p} {skipped[p]}" for p in asked))
     stages = select_stages(topologies, targets)
     worker = Worker(list(topologies.values()), stages, settings, burst=args.burst)
