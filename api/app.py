@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import bulk, errors
+from api.admin import admin, dashboard
 from api.fastpath import FastPath
 from api.gateway import GATEWAY_RETRY_S, Gateway
 from api.limits import BodyLimit
@@ -61,6 +62,8 @@ def create_app(settings: Settings | None = None) -> FastPath:
     app.include_router(v1)
     app.include_router(ops)
     app.include_router(bulk.router)
+    app.include_router(admin)
+    app.include_router(dashboard)
     errors.install(app)
 
     def body_limit() -> int:

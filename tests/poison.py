@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.dsl import Pipeline, stage
 from tests.pipelines import Recorded, record
 from workers.batching import batch
+
+if TYPE_CHECKING:
+    from queueing.settings import Settings
+    from tests.support import Workers
 
 POISONED = "test:poisoned"
 STAGES = ("t_poison.prepare", "t_poison.model")
@@ -42,3 +46,13 @@ class PoisonModel(Recorded):
 t_poison = Pipeline(
     "t_poison", stage(prepare, name="prepare"), stage(PoisonModel, name="model"), example={"x": 1}
 )
+
+
+def dead_letter_poison(workers: Workers, settings: Settings, poisoned: int) -> None:
+    """Let a worker (consumer ``w``) die on each of ``poisoned`` queued poison items (the
+    poison must be on: :data:`POISONED` set). The next start of ``w`` re-reads what it held
+    and, with ``max_deliveries=1``, dead-letters what it died on."""
+    from tests.support import wait_exit
+
+    for _ in range(poisoned):
+        wait_exit(workers.start("t_poison", name="w", settings=settings), 30, "poisoned worker")

@@ -25,6 +25,7 @@ from queueing.jobs import StageTiming
 from queueing.message import Message, dumps, job_id_of
 from queueing.scripts import Kind, Start
 from queueing.settings import Settings
+from queueing.stagestats import StageRecorder
 from queueing.streams import (
     DELIVERY_CAP,
     Delivery,
@@ -98,6 +99,8 @@ class StageLoop:
         """Batches of recovered entries, run before new ones."""
         self._beat_log = OutageLog(log, f"stage {stage.name}: heartbeat")
         self._io_log = OutageLog(log, f"stage {stage.name}: redis")
+        self.activity = StageRecorder(stage.name)
+        """This stage's batches since the last heartbeat (for the dashboard)."""
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -262,6 +265,12 @@ class StageLoop:
         outputs = await self._run_isolating([item.value for item in items])
         compute_s = time.perf_counter() - clock
         self.processed += len(items)
+        self.activity.record(
+            len(items),
+            compute_s,
+            started - items[0].message.enqueued_at,
+            started - items[-1].message.enqueued_at,
+        )
         # The timings of a batch differ only in their queue wait: encode the rest once.
         shared = dumps(StageTiming(self.stage.name, 0.0, len(items), compute_s, started).to_dict())
         head, _, tail = shared.partition(b'"queue_wait_s":0.0')
@@ -391,6 +400,7 @@ class StageLoop:
         """Keep this consumer's entries its own, and take over those of dead consumers."""
         if self.held:
             await self.queue.touch(list(self.held.values()))
+        await self.activity.publish(self.queue.redis, self.queue.keys)
         # Claimed whatever the load (a standing backlog must not delay recovery), but not
         # while entries claimed earlier still wait for their turn.
         if not self._recovered:

@@ -18,7 +18,7 @@ from queueing.errors import JobFailed
 from queueing.jobs import JobStatus
 from queueing.settings import Settings
 from tests.conftest import ROOT, worker_env
-from tests.poison import POISONED, STAGES, t_poison
+from tests.poison import POISONED, STAGES, dead_letter_poison, t_poison
 from tests.support import (
     KEYS,
     Workers,
@@ -58,8 +58,7 @@ def dead_letter(
     ended, with the worker stopped."""
     r.set(POISONED, 1)
     jobs = client.submit_many("t_poison", inputs)
-    for _ in range(sum(bool(item.get("poison")) for item in inputs)):
-        wait_exit(workers.start("t_poison", name="w", settings=settings), 30, "poisoned worker")
+    dead_letter_poison(workers, settings, sum(bool(item.get("poison")) for item in inputs))
     drain = workers.start("t_poison", name="w", settings=settings, burst=True)
     assert wait_exit(drain, 30) == 0
     return jobs

@@ -1,0 +1,250 @@
+"""The operators' side of the gateway: the live dashboard (``/dashboard``, a static page that
+polls ``/v1/admin/overview``) and the dead-letter routes under ``/v1/admin/dead`` (the same
+tools as ``batchline dlq``, see :mod:`queueing.deadletter`).
+
+Every ``/v1/admin`` route needs an API key when keys are on, as the rest of ``/v1`` does (any
+configured key: keys carry no roles). The page itself holds no data and is served to anyone;
+it asks for a key when the API answers 401 and keeps it in the tab only (sessionStorage).
+"""
+
+from __future__ import annotations
+
+import time
+from importlib.resources import files
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from api.documents import ErrorDocument, JSONResponse, error_responses
+from api.errors import ApiError, InvalidInput
+from api.gateway import Gateway
+from api.routes import GatewayDep, Owner
+from queueing.cluster import AsyncRedis
+from queueing.connection import broker_errors
+from queueing.deadletter import DeadLetter, DeadLetters, Requeue, Requeued, full_stage_name
+from queueing.keys import Keys
+from queueing.overview import overview
+from queueing.stagestats import in_flight, read_recent
+
+WINDOW_S = 300.0
+"""What the dashboard's rates and percentiles cover."""
+BUCKET_S = 5.0
+"""One point of the items/s sparkline."""
+LATEST_DEAD = 5
+"""Dead letters per stage the overview lists (the newest)."""
+
+_STATIC = {
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+}
+
+
+class NoDeadLetter(ApiError):
+    status = 404
+    code = "unknown_dead_letter"
+
+
+class NotRequeued(ApiError):
+    """The dead letter's job cannot be requeued (see :class:`~queueing.deadletter.Requeue`)."""
+
+    status = 409
+    code = "not_requeued"
+
+
+admin = APIRouter(prefix="/v1/admin", tags=["admin"])
+dashboard = APIRouter(include_in_schema=False)
+
+_409: dict[int | str, dict[str, Any]] = {
+    409: {
+        "model": ErrorDocument,
+        "description": "The job cannot be requeued (the message "
+        "says why: it ended otherwise, its record expired, or it is a fan-out branch).",
+    }
+}
+
+
+@dashboard.get("/dashboard")
+async def dashboard_page() -> Response:
+    return _static("index.html", "text/html; charset=utf-8")
+
+
+@dashboard.get("/dashboard/{name}")
+async def dashboard_file(name: str) -> Response:
+    media_type = _STATIC.get(name)
+    if media_type is None:
+        raise HTTPException(404, f"no dashboard file {name[:80]!r}")
+    return _static(name, media_type)
+
+
+def _static(name: str, media_type: str) -> Response:
+    content = (files("api") / "static" / name).read_bytes()
+    return Response(content, media_type=media_type, headers={"Cache-Control": "no-cache"})
+
+
+@admin.get(
+    "/overview",
+    response_model=None,
+    summary="Everything the dashboard shows",
+    responses=error_responses(401, 503),
+)
+async def get_overview(gateway: GatewayDep, owner: Owner) -> Response:
+    """Per pipeline and stage: backlog, in flight, counters, items/s over the last five minutes
+    (5 s buckets), batch sizes, p50/p99 of queue wait and compute, live workers, dead letters
+    (count and the newest five); and every live worker with its device and last heartbeat."""
+    return JSONResponse(await _overview(gateway))
+
+
+@admin.get(
+    "/dead/{pipeline}/{stage}",
+    response_model=None,
+    summary="A stage's dead letters, newest first",
+    responses=error_responses(401, 422, 503),
+)
+async def list_dead(
+    pipeline: str,
+    stage: str,
+    gateway: GatewayDep,
+    owner: Owner,
+    limit: Annotated[int, Query(ge=1, le=1000, description="The newest N")] = 100,
+) -> Response:
+    letters = _letters(gateway)
+    name = _stage(pipeline, stage)
+    with broker_errors():
+        found = await letters.newest(name, limit)
+        total = (await letters.counts([name]))[name]
+    return JSONResponse(
+        {"stage": name, "count": total, "dead_letters": [letter.to_dict() for letter in found]}
+    )
+
+
+@admin.get(
+    "/dead/{pipeline}/{stage}/{job_id}",
+    response_model=None,
+    summary="One job's dead letter, with its payload",
+    responses=error_responses(401, 404, 422, 503),
+)
+async def show_dead(
+    pipeline: str, stage: str, job_id: str, gateway: GatewayDep, owner: Owner
+) -> Response:
+    letter = await _find(gateway, _stage(pipeline, stage), job_id)
+    return JSONResponse(letter.to_dict(with_data=True))
+
+
+@admin.post(
+    "/dead/{pipeline}/{stage}/{job_id}/requeue",
+    response_model=None,
+    summary="Requeue one job at the stage it died in",
+    responses={**error_responses(401, 404, 422, 503), **_409},
+)
+async def requeue_one(
+    pipeline: str, stage: str, job_id: str, gateway: GatewayDep, owner: Owner
+) -> Response:
+    """The job goes back to queued at this stage, its attempts here reset; it then runs and
+    ends once, as any job (its waiters are woken by that end)."""
+    letter = await _find(gateway, _stage(pipeline, stage), job_id)
+    with broker_errors():
+        answer = await _letters(gateway).requeue(letter)
+    if answer.outcome is not Requeue.REQUEUED:
+        raise NotRequeued(answer.message, outcome=answer.outcome.value)
+    return JSONResponse(answer.to_dict())
+
+
+@admin.post(
+    "/dead/{pipeline}/{stage}/requeue",
+    response_model=None,
+    summary="Requeue every dead letter of a stage",
+    responses=error_responses(401, 422, 503),
+)
+async def requeue_all(pipeline: str, stage: str, gateway: GatewayDep, owner: Owner) -> Response:
+    """One answer per dead letter: `requeued`, or why not."""
+    with broker_errors():
+        answers = await _letters(gateway).requeue_all(_stage(pipeline, stage))
+    return JSONResponse(_summary(answers))
+
+
+@admin.delete(
+    "/dead/{pipeline}/{stage}",
+    response_model=None,
+    summary="Purge a stage's dead letters",
+    responses=error_responses(401, 422, 503),
+)
+async def purge(pipeline: str, stage: str, gateway: GatewayDep, owner: Owner) -> Response:
+    """Deletes them; their jobs stay failed."""
+    name = _stage(pipeline, stage)
+    with broker_errors():
+        purged = await _letters(gateway).purge(name)
+    return JSONResponse({"stage": name, "purged": purged})
+
+
+def _letters(gateway: Gateway) -> DeadLetters:
+    return DeadLetters(_redis(gateway), gateway.settings)
+
+
+def _redis(gateway: Gateway) -> AsyncRedis:
+    return gateway.client.redis
+
+
+def _stage(pipeline: str, stage: str) -> str:
+    try:
+        return full_stage_name(f"{pipeline}.{stage}")
+    except ValueError as exc:
+        raise InvalidInput(str(exc), [{"where": "path", "message": str(exc)}]) from None
+
+
+async def _find(gateway: Gateway, stage: str, job_id: str) -> DeadLetter:
+    with broker_errors():
+        letter = await _letters(gateway).find(job_id)
+    if letter is None or letter.stage != stage:
+        raise NoDeadLetter(f"job {job_id[:80]} has no dead letter at {stage}")
+    return letter
+
+
+def _summary(answers: list[Requeued]) -> dict[str, Any]:
+    return {
+        "requeued": sum(answer.outcome is Requeue.REQUEUED for answer in answers),
+        "results": [answer.to_dict() for answer in answers],
+    }
+
+
+async def _overview(gateway: Gateway) -> dict[str, Any]:
+    settings = gateway.settings
+    client = _redis(gateway)
+    keys = Keys(settings.prefix)
+    with broker_errors():
+        view = await overview(client, settings)
+        names = list(view.stages)
+        activity = await read_recent(client, keys, names, window_s=WINDOW_S, bucket_s=BUCKET_S)
+        busy = await in_flight(client, keys, names, settings.partitions)
+        letters = DeadLetters(client, settings)
+        dead_counts = await letters.counts(names)
+        latest = await letters.latest(names, LATEST_DEAD)
+    pipelines = []
+    for name, spec in sorted(view.pipelines.items()):
+        stages = []
+        for stage in spec.stages:
+            stats = view.stages[stage.name]
+            stages.append(
+                {
+                    "name": stage.name,
+                    "max_batch_size": stage.max_batch_size,
+                    "backlog": stats.backlog,
+                    "in_flight": busy[stage.name],
+                    "counters": stats.counters,
+                    "workers": stats.workers,
+                    **activity[stage.name].to_dict(),
+                    "dead": {
+                        "count": dead_counts[stage.name],
+                        "latest": [letter.to_dict() for letter in latest[stage.name]],
+                    },
+                }
+            )
+        pipelines.append({"name": name, "stages": stages})
+    return {
+        "now": time.time(),
+        "window_s": WINDOW_S,
+        "bucket_s": BUCKET_S,
+        "pipelines": pipelines,
+        "workers": [{"name": name, **doc} for name, doc in sorted(view.workers.items())],
+    }
