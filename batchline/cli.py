@@ -88,6 +88,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if not targets:
         raise ConfigError("nothing to run here: " + "; ".join(f"{p} {skipped[p]}" for p in asked))
     stages = select_stages(topologies, targets)
+    if args.processes:  # forked from this process, each replaced at once if it crashes
+        from queueing.streams import consumer_name
+        from workers.supervisor import preload_torch, serve_worker, supervise
+
+        if any(stage.needs_device for stage in stages) and settings.device != "cpu":
+            preload_torch()
+        def make(name: str) -> Worker:
+            named = settings.replace(worker_name=name)
+            return Worker(list(topologies.values()), stages, named, burst=args.burst)
+
+        return supervise(serve_worker(make), args.processes, consumer_name(settings))
     worker = Worker(list(topologies.values()), stages, settings, burst=args.burst)
     asyncio.run(worker.run())
     return 0
@@ -279,6 +290,12 @@ def parser() -> argparse.ArgumentParser:
     worker.add_argument("--burst", action="store_true", help="drain the streams, then exit")
     worker.add_argument("--name", help="stable consumer name (re-reads its own pending entries)")
     worker.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    worker.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="fork N worker processes and replace any that crashes at once (same name)",
+    )
     common(worker)
     worker.set_defaults(run=cmd_worker)
 

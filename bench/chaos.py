@@ -62,6 +62,7 @@ import redis
 
 from bench.chaos_pipelines import executions_key
 from bench.harness import ROOT, Child, Processes, child_env, machine_info, scratch_dir
+from bench.stats import percentile
 from queueing.client import Client, Job
 from queueing.errors import BatchlineError, ResultTimeout, UnknownJob
 from queueing.keys import Keys
@@ -139,6 +140,10 @@ class Row:
     notes: list[str] = field(default_factory=list)
     error: str | None = None
     """Why the scenario could not run to its end."""
+    target: str = "0 lost, 0 dup"
+    """The scenario's own target beyond 0 lost and 0 duplicate results (printed)."""
+    met: bool | None = None
+    """Whether ``target`` was met (None: nothing measured beyond lost and duplicates)."""
 
     @property
     def ok(self) -> bool:
@@ -215,9 +220,12 @@ class Lab:
             }
         )
 
-    def start_worker(self) -> Child:
-        """A ``batchline worker chaos`` process (not waited for)."""
+    def start_worker(self, processes: int | None = None) -> Child:
+        """A ``batchline worker chaos`` process (not waited for); with ``processes``, a
+        supervisor of that many (``--processes``)."""
         argv = [sys.executable, "-m", "batchline", "--log-level", "WARNING", "worker", PIPELINE]
+        if processes:
+            argv += ["--processes", str(processes)]
         with self.lock:
             self.started += 1
             child = self.processes.start(f"worker{self.started}", argv, self.worker_env())
@@ -244,6 +252,22 @@ class Lab:
                         )
                 if waiting and time.monotonic() > limit:
                     raise BatchlineError(f"a worker was not ready in {READY_TIMEOUT_S:.0f}s")
+                time.sleep(0.05)
+        finally:
+            client.close()
+
+    def wait_workers(self, n: int) -> None:
+        """Until ``n`` workers have announced themselves (a supervisor's children)."""
+        client = self.redis()
+        key = Keys(self.settings.prefix).worker_info
+        limit = time.monotonic() + READY_TIMEOUT_S
+        try:
+            while True:
+                with contextlib.suppress(redis.exceptions.RedisError):
+                    if client.hlen(key) >= n:
+                        return
+                if time.monotonic() > limit:
+                    raise BatchlineError(f"{n} workers were not ready in {READY_TIMEOUT_S:.0f}s")
                 time.sleep(0.05)
         finally:
             client.close()
@@ -413,10 +437,12 @@ def injecting(fault: Fault, lab: Lab, row: Row) -> Iterator[threading.Event]:
 # -- load -----------------------------------------------------------------------------------
 
 
-def inputs(n: int, poison: bool = False) -> list[dict[str, Any]]:
+def inputs(n: int, poison: bool = False, first: int = 0) -> list[dict[str, Any]]:
+    """``{"i": i}`` for i in first .. first + n - 1; with ``poison``, one in POISON_EVERY is
+    ``{"i": i, "poison": true}``."""
     return [
         {"i": i, "poison": True} if poison and i % POISON_EVERY == POISON_EVERY // 2 else {"i": i}
-        for i in range(n)
+        for i in range(first, first + n)
     ]
 
 
@@ -431,11 +457,21 @@ def paced(items: Sequence[dict[str, Any]], flow_s: float) -> Iterator[dict[str, 
 
 
 def submit_and_drain(
-    lab: Lab, row: Row, items: Sequence[dict[str, Any]], stop_faults: threading.Event
+    lab: Lab,
+    row: Row,
+    items: Sequence[dict[str, Any]],
+    stop_faults: threading.Event,
+    *,
+    flow_s: float | None = None,
+    window: int = WINDOW,
+    times: dict[int, tuple[float, float]] | None = None,
 ) -> dict[int, str]:
-    """Submit ``items`` (at most WINDOW unfinished), wait for every accepted job to end;
-    ``row`` gets the counts. Returns each accepted input's final status by ``i``."""
+    """Submit ``items`` over ``flow_s`` seconds (the timing's by default; at most ``window``
+    unfinished), wait for every accepted job to end; the counts are added to ``row``'s.
+    Returns each accepted input's final status by ``i``; ``times`` gets each ended job's
+    (created_at, finished_at), from its record."""
     timing = lab.timing
+    flow_s = timing.flow_s if flow_s is None else flow_s
     start = time.monotonic()
     drain_limit = start + timing.drain_limit_s
     fault_end = start + timing.fault_window_s
@@ -459,16 +495,18 @@ def submit_and_drain(
                 missing.append(i)
                 return True
             statuses[i] = record.status.value
+            if times is not None and record.finished_at is not None:
+                times[i] = (record.created_at, record.finished_at)
             last_end = time.monotonic()
             return True
 
         submitted = 0
-        interval = timing.flow_s * CHUNK / max(1, len(items))
+        interval = flow_s * CHUNK / max(1, len(items))
         while submitted < len(items):
             pause = start + interval * (submitted // CHUNK) - time.monotonic()
             if pause > 0:
                 time.sleep(pause)
-            if len(in_flight) - head >= WINDOW:
+            if len(in_flight) - head >= window:
                 if not settle(in_flight[head], min(drain_limit, time.monotonic() + 5)):
                     if time.monotonic() > drain_limit:
                         break
@@ -484,8 +522,8 @@ def submit_and_drain(
                 continue
             in_flight += [(item["i"], job) for item, job in zip(chunk, jobs, strict=True)]
             submitted += len(chunk)
-        row.accepted = len(in_flight)
-        lab.job_ids = [job.id for _, job in in_flight]
+        row.accepted += len(in_flight)
+        lab.job_ids += [job.id for _, job in in_flight]
         while head < len(in_flight) and time.monotonic() < drain_limit:
             if settle(in_flight[head], drain_limit):
                 head += 1
@@ -500,9 +538,11 @@ def submit_and_drain(
     if missing:
         row.notes.append(f"{len(missing)} accepted jobs have no record (e.g. i={missing[0]})")
     counts = Counter(statuses.values())
-    row.done, row.failed = counts["done"], counts["failed"]
-    row.expired, row.cancelled = counts["expired"], counts["cancelled"]
-    row.lost = row.accepted - len(statuses)
+    row.done += counts["done"]
+    row.failed += counts["failed"]
+    row.expired += counts["expired"]
+    row.cancelled += counts["cancelled"]
+    row.lost += len(in_flight) - len(statuses)
     row.drain_s = round(last_end - start, 2) if not row.lost else None
     return statuses
 
@@ -575,19 +615,66 @@ def pubsub_kill(lab: Lab, row: Row) -> None:
 
 
 def poison(lab: Lab, row: Row) -> None:
+    """Poison against ``batchline worker --processes 2``: its supervisor forks a crashed
+    worker's replacement at once, under the same name."""
+    supervisor = lab.start_worker(processes=2)
+    lab.wait_workers(2)
+    _poison(lab, row, contextlib.nullcontext())
+    lab.forget(supervisor)  # (SIGTERM: its log is complete)
+    row.faults = supervisor.log_path.read_text(errors="replace").count("restarting it")
+
+
+def poison_restart(lab: Lab, row: Row) -> None:
+    """Poison against two ``batchline worker`` processes, each crashed one replaced by a new
+    process (a new interpreter, a new name) as an outside supervisor would."""
     _two_workers(lab)
-    items = inputs(row.n, poison=True)
-    with injecting(restart_dead_workers, lab, row):
-        # (the supervisor restarts crashed workers until the end, not just the fault window)
-        statuses = submit_and_drain(lab, row, items, threading.Event())
-    bad = {item["i"] for item in items if item.get("poison")}
-    good_not_done = sum(1 for i, s in statuses.items() if i not in bad and s != "done")
-    poison_not_failed = sum(1 for i, s in statuses.items() if i in bad and s != "failed")
+    _poison(lab, row, injecting(restart_dead_workers, lab, row))
+
+
+def _poison(lab: Lab, row: Row, restarts: contextlib.AbstractContextManager[Any]) -> None:
+    """Three runs of N jobs while crashed workers are restarted: a flood of good inputs (the
+    baseline rate), a flood with 1% poison (the good jobs' rate), and 1% poison paced at half
+    the baseline rate (the good jobs' p99 from submit to end)."""
+    n, vt = row.n, lab.timing.visibility_timeout_s
+    bad: set[int] = set()
+    ended: dict[int, str] = {}
+
+    def flow(first: int, poisoned: bool, flow_s: float) -> dict[int, tuple[float, float]]:
+        items = inputs(n, poison=poisoned, first=first)
+        bad.update(item["i"] for item in items if item.get("poison"))
+        times: dict[int, tuple[float, float]] = {}
+        ended.update(
+            submit_and_drain(
+                lab, row, items, threading.Event(), flow_s=flow_s, window=n, times=times
+            )
+        )
+        return {i: t for i, t in times.items() if i not in bad}
+
+    with restarts:  # (crashed workers are restarted until the end, not just a fault window)
+        base = _rate(flow(0, False, 0.0))
+        rate = _rate(flow(n, True, 0.0))
+        paced = flow(2 * n, True, n / (base / 2))
+    p99 = percentile(sorted(end - start for start, end in paced.values()), 99)
+    row.target = f"good >= 50% of baseline/s, p99 <= {3 * vt:g}s"
+    row.met = rate >= base / 2 and p99 <= 3 * vt
+    row.notes.append(
+        f"good jobs {rate:.0f}/s with 1% poison vs {base:.0f}/s without ({rate / base:.0%}); "
+        f"p99 {p99:.2f}s at {base / 2:.0f}/s offered; {len(bad)} poison inputs"
+    )
+    good_not_done = sum(1 for i, s in ended.items() if i not in bad and s != "done")
+    poison_not_failed = sum(1 for i, s in ended.items() if i in bad and s != "failed")
     if good_not_done:
         row.problems.append(f"{good_not_done} good jobs did not end done")
     if poison_not_failed:
         row.problems.append(f"{poison_not_failed} poison jobs did not end failed")
-    row.notes.append(f"{len(bad)} poison inputs")
+
+
+def _rate(times: dict[int, tuple[float, float]]) -> float:
+    """Jobs per second: how many ended, over first submit to last end."""
+    if not times:
+        return 0.0
+    span = max(end for _, end in times.values()) - min(start for start, _ in times.values())
+    return len(times) / max(span, 1e-6)
 
 
 Scenario = Callable[[Lab, Row], None]
@@ -598,6 +685,7 @@ SCENARIOS: dict[str, tuple[Scenario, dict[str, str]]] = {
     "redis-kill": (redis_kill, {"BATCHLINE_DURABLE_SUBMIT": "1"}),
     "pubsub-kill": (pubsub_kill, {}),
     "poison": (poison, {}),
+    "poison-restart": (poison_restart, {}),
 }
 
 
@@ -638,6 +726,8 @@ COLUMNS = [
     ("drain s", 7),
     ("faults", 6),
     ("ok", 3),
+    ("target", 36),
+    ("met", 3),
 ]
 
 
@@ -659,6 +749,8 @@ def table(rows: Sequence[Row]) -> str:
             "-" if row.drain_s is None else f"{row.drain_s:.2f}",
             row.faults,
             "yes" if row.ok else "NO",
+            row.target,
+            "-" if row.met is None else ("yes" if row.met else "NO"),
         ]
         lines.append("  ".join(f"{v!s:>{w}}" for v, (_, w) in zip(values, COLUMNS, strict=True)))
     for row in rows:

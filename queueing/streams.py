@@ -150,6 +150,29 @@ class StageQueue:
         )
         return self._deliveries(reply)
 
+    async def reread_own(self, count: int) -> list[Delivery]:
+        """What this consumer holds already (after a restart under the same name), with the
+        times each entry was delivered (this time included), read from XPENDING."""
+        deliveries = await self.read(count, None, own_pending=True)
+        if not deliveries:
+            return deliveries
+        times: dict[tuple[int, str], int] = {}
+        for partition in self.partitions:
+            pending: Any = await self.redis.xpending_range(
+                self.keys.stream(partition, self.stage),
+                self.group,
+                min="-",
+                max="+",
+                count=count,
+                consumername=self.consumer,
+            )
+            for p in pending:
+                times[partition, p["message_id"].decode()] = int(p["times_delivered"])
+        return [
+            Delivery(d.partition, d.entry_id, d.fields, times.get((d.partition, d.entry_id), 1))
+            for d in deliveries
+        ]
+
     def _deliveries(self, reply: Any) -> list[Delivery]:
         out = []
         for stream, entries in reply or ():

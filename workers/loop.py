@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sys
 import time
@@ -44,8 +45,9 @@ RETRY_S = 0.5
 MIN_POLL_S = 0.0005
 T = TypeVar("T")
 
-CLAIM_BATCHES = 4
-"""A heartbeat claims up to this many batches' worth of a dead consumer's entries."""
+CLAIM_BATCHES = 2
+"""A heartbeat claims up to this many batches' worth of a dead consumer's entries (what a
+worker holds is orphaned again if it crashes: it claims no more than it will soon run)."""
 
 OWN_PENDING_LIMIT = 100_000
 """Most entries re-read at start-up from a previous life under the same consumer name."""
@@ -53,6 +55,14 @@ OWN_PENDING_LIMIT = 100_000
 
 class _Abandon(Exception):
     """Redis is unreachable and the worker is stopping: leave what it holds pending."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """What the read loop hands the model: new entries, or recovered ones (``suspect``)."""
+
+    deliveries: list[Delivery]
+    suspect: bool = False
 
 
 @dataclass(slots=True)
@@ -82,7 +92,7 @@ class StageLoop:
         self.config = handler.config
         self.held: dict[str, Delivery] = {}
         """Entries read and not yet finished: touched on every heartbeat."""
-        self._inbox: asyncio.Queue[list[Delivery] | None] = asyncio.Queue(maxsize=1)
+        self._inbox: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=1)
         self._executor = ThreadPoolExecutor(
             1,
             thread_name_prefix=f"model-{stage.name}",
@@ -96,7 +106,10 @@ class StageLoop:
         self.done = asyncio.Event()
         self._stop = asyncio.Event()
         self._recovered: deque[list[Delivery]] = deque()
-        """Batches of recovered entries, run before new ones."""
+        """Batches of recovered entries (suspects: one of them may have crashed a worker),
+        run in turn with batches of new ones."""
+        self._suspects_ran = asyncio.Event()
+        """Set once the batch of suspects in hand has run (the read loop waits for it)."""
         self._beat_log = OutageLog(log, f"stage {stage.name}: heartbeat")
         self._io_log = OutageLog(log, f"stage {stage.name}: redis")
         self.activity = StageRecorder(stage.name)
@@ -111,8 +124,18 @@ class StageLoop:
         keeper = asyncio.create_task(self._heartbeat_loop(stop), name=f"beat:{self.stage.name}")
         finishing: asyncio.Task[None] | None = None
         try:
-            while (deliveries := await self._inbox.get()) is not None:
-                outcomes = await self.process(deliveries)
+            while (batch := await self._inbox.get()) is not None:
+                if batch.suspect and finishing is not None:
+                    # A crash now must not take the previous batch's hand-off with it.
+                    await finishing
+                    finishing = None
+                outcomes = await self.process(batch.deliveries)
+                if batch.suspect:
+                    # Nor a crash in the next batch this one's: an entry that has used its
+                    # last attempt would be dead-lettered though it ran.
+                    await self.finish(outcomes)
+                    self._suspects_ran.set()
+                    continue
                 if finishing is not None:
                     await finishing
                 finishing = asyncio.create_task(self.finish(outcomes))
@@ -136,22 +159,27 @@ class StageLoop:
 
     async def _read_loop(self, stop: asyncio.Event) -> None:
         """Fill the inbox: first this consumer's own pending entries (a restart under the
-        same name), then new ones, in batches."""
+        same name), then new ones, in batches; a batch of recovered entries, when there is one,
+        in turn with each batch of new ones."""
         try:
-            own = await self.queue.read(OWN_PENDING_LIMIT, None, own_pending=True)
-            self._recover(own, alone=True)  # (their delivery counts are not known here)
+            # (a crash's batch, restarted at once by a supervisor, is a suspect like any other)
+            self._recover(await self.queue.reread_own(OWN_PENDING_LIMIT))
             while not stop.is_set():
-                while self._recovered:
-                    await self._put(self._recovered.popleft())
+                if self._recovered:
+                    await self._put_suspects(self._recovered.popleft())
                 # Snapshot first: whatever upstream handed on before it finished is readable now.
                 upstream_done = all(loop.done.is_set() for loop in self.upstream)
-                deliveries = await self._persist("read", self.read_batch)
+                # (no blocking read while recovered entries wait for their turn)
+                read = functools.partial(self.read_batch, block=not self._recovered)
+                deliveries = await self._persist("read", read)
                 if deliveries:
-                    await self._put(deliveries)
+                    await self._put(_Batch(deliveries))
                 elif self.burst:
                     claimed, _ = await self.queue.claim(self.config.max_batch_size)
                     if claimed:
                         self._recover(claimed)
+                    elif self._recovered:
+                        continue
                     elif upstream_done:
                         break
         except _Abandon:
@@ -159,18 +187,19 @@ class StageLoop:
         finally:
             await self._inbox.put(None)
 
-    def _recover(self, deliveries: list[Delivery], *, alone: bool = False) -> None:
+    def _recover(self, deliveries: list[Delivery]) -> None:
         """Queue recovered entries (a dead consumer's, or our own from a previous life) for
         the read loop. One of them may be what crashed a worker, and a crash counts an attempt
         against every item of its batch: an entry on its first redelivery that still has an
-        attempt to spare after this one runs in a batch again (a batch that crashes again
-        leaves each item that spare attempt); any other runs alone, so that a crash counts
-        against it alone. They are held (touched by heartbeats) from now on."""
-        size = self.config.max_batch_size
+        attempt to spare after this one runs in a half batch (bisection: the half without the
+        culprit ends; one that crashes again leaves each item that spare attempt); any other
+        runs alone, so that a crash counts against it alone. They are held (touched by
+        heartbeats) from now on."""
+        size = max(1, self.config.max_batch_size // 2)
         batch: list[Delivery] = []
         for delivery in deliveries:
             self.held[delivery.entry_id] = delivery
-            if alone or delivery.deliveries > min(2, self.settings.max_deliveries - 1):
+            if delivery.deliveries > min(2, self.settings.max_deliveries - 1):
                 self._recovered.append([delivery])
             else:
                 batch.append(delivery)
@@ -180,17 +209,24 @@ class StageLoop:
         if batch:
             self._recovered.append(batch)
 
-    async def _put(self, deliveries: list[Delivery]) -> None:
-        for delivery in deliveries:
+    async def _put(self, batch: _Batch) -> None:
+        for delivery in batch.deliveries:
             self.held[delivery.entry_id] = delivery
-        await self._inbox.put(deliveries)
+        await self._inbox.put(batch)
 
-    async def read_batch(self) -> list[Delivery]:
+    async def _put_suspects(self, deliveries: list[Delivery]) -> None:
+        """Hand over a batch of suspects and read nothing more until it has run: should it
+        crash this worker, it orphans these entries only, not new ones read meanwhile."""
+        self._suspects_ran.clear()
+        await self._put(_Batch(deliveries, suspect=True))
+        await self._suspects_ran.wait()
+
+    async def read_batch(self, *, block: bool = True) -> list[Delivery]:
         """Whatever is waiting, at once, up to max_batch_size; when fewer wait, more for at
-        most batch_wait_timeout_s."""
+        most batch_wait_timeout_s. With ``block``, waits up to block_ms for the first."""
         size = self.config.max_batch_size
         block_ms = 100 if self.burst else self.settings.block_ms
-        deliveries = await self.queue.read(size, block_ms)
+        deliveries = await self.queue.read(size, block_ms if block else None)
         if not deliveries or len(deliveries) >= size or self.config.batch_wait_timeout_s <= 0:
             return deliveries
         # Poll rather than XREADGROUP BLOCK: a server times out blocked commands only on its
