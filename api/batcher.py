@@ -38,6 +38,7 @@ class SubmitBatcher:
         idempotency_keys: Sequence[str | None] | None,
         owner: str | None,
         result_ttl_s: float | None = None,
+        webhook: str | None = None,
     ) -> list[tuple[str, bool]]:
         """Queue one request's inputs; each job's id and whether this request created it.
         ValueError for bad arguments; the request's own BatchlineError otherwise."""
@@ -50,6 +51,7 @@ class SubmitBatcher:
             idempotency_keys=idempotency_keys,
             owner=owner,
             result_ttl_s=result_ttl_s,
+            webhook=webhook,
         )
         future: asyncio.Future[list[tuple[str, bool]]] = asyncio.get_running_loop().create_future()
         self._waiting.append(future)

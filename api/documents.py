@@ -91,6 +91,13 @@ _TIMEOUT_S = (
 )
 
 
+_WEBHOOK = (
+    "An http(s) URL each job's document is POSTed to when it ends (done, failed, expired or "
+    "cancelled), signed with a `Batchline-Signature` header (HMAC-SHA256 of `<t>.<body>`); "
+    "retried on 5xx and timeouts. The document's `webhook` says how its deliveries went."
+)
+
+
 class SubmitBody(BaseModel):
     """One input (`input`) or several (`inputs`), with an optional deadline: exactly one of
     the two, and no other field."""
@@ -104,6 +111,7 @@ class SubmitBody(BaseModel):
         description="Several inputs, each its own job (instead of `input`).",
     )
     timeout_s: float | None = Field(None, gt=0, description=_TIMEOUT_S)
+    webhook: str | None = Field(None, pattern="^https?://", max_length=2048, description=_WEBHOOK)
 
 
 class RunBody(BaseModel):
@@ -113,6 +121,7 @@ class RunBody(BaseModel):
 
     input: Any = Field(..., description="The pipeline's input (checked against its schema).")
     timeout_s: float | None = Field(None, gt=0, description=_TIMEOUT_S)
+    webhook: str | None = Field(None, pattern="^https?://", max_length=2048, description=_WEBHOOK)
 
 
 class Accepted(BaseModel):

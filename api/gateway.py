@@ -107,6 +107,7 @@ class Gateway:
             idempotency_keys=self._idempotency_keys(idempotency_key, owner, submission),
             owner=owner,
             result_ttl_s=result_ttl_s,
+            webhook=submission.webhook,
         )
         self.metrics.submitted.labels(pipeline).inc(len(ids))
         if idempotency_key is None:

@@ -23,8 +23,9 @@ from api.errors import InvalidInput, UnsupportedMediaType, cut
 from queueing.client.core import MAX_SUBMIT_MANY
 from queueing.errors import ConfigError
 from queueing.registry import PipelineSpec
+from queueing.webhooks import check_url
 
-_FIELDS = {"input", "inputs", "timeout_s"}
+_FIELDS = {"input", "inputs", "timeout_s", "webhook"}
 
 MAX_DEPTH = 64
 """How deep arrays and objects may nest in a body, the body's own object being the first."""
@@ -65,6 +66,8 @@ class Submission:
     many: bool
     """Whether the body was ``inputs`` (the answer is then a list, one per input)."""
     timeout_s: float | None
+    webhook: str | None = None
+    """A URL each job's document is POSTed to when it ends (see queueing.webhooks)."""
 
 
 def parse_submission(body: bytes, *, allow_many: bool = True) -> Submission:
@@ -115,8 +118,20 @@ def parse_submission(body: bytes, *, allow_many: bool = True) -> Submission:
             f"timeout_s must be a number of seconds > 0, got {cut(orjson.dumps(timeout_s).decode())}",
             [{"where": "body.timeout_s", "message": "must be a number > 0"}],
         )
+    webhook = doc.get("webhook")
+    if webhook is not None:
+        try:
+            if not isinstance(webhook, str):
+                raise ValueError(f"webhook must be a string URL, got {_json_type(webhook)}")
+            check_url(webhook)
+        except ValueError as exc:
+            raise InvalidInput(
+                cut(str(exc)), [{"where": "body.webhook", "message": "not an http(s) URL"}]
+            ) from None
     if "input" in doc:
-        return Submission([doc["input"]], False, None if timeout_s is None else float(timeout_s))
+        return Submission(
+            [doc["input"]], False, None if timeout_s is None else float(timeout_s), webhook
+        )
     inputs = doc["inputs"]
     if not isinstance(inputs, list) or not inputs:
         raise InvalidInput(
@@ -133,7 +148,7 @@ def parse_submission(body: bytes, *, allow_many: bool = True) -> Submission:
             f'"inputs" holds {len(inputs)} inputs; one request takes at most {MAX_SUBMIT_MANY}',
             [{"where": "body.inputs", "message": f"at most {MAX_SUBMIT_MANY} items"}],
         )
-    return Submission(inputs, True, None if timeout_s is None else float(timeout_s))
+    return Submission(inputs, True, None if timeout_s is None else float(timeout_s), webhook)
 
 
 def _check_depth(doc: Any) -> None:

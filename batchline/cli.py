@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from batchline import deploy, dlq
+from batchline import bulk, deploy, dlq, notifier
 from batchline.up import add_workers_option
 from pipelines.loading import load_pipelines, unavailable
 from queueing.errors import BatchlineError, ConfigError
@@ -318,6 +318,8 @@ def parser() -> argparse.ArgumentParser:
     keygen = sub.add_parser("keygen", help="make an API key and the digest to configure")
     keygen.set_defaults(run=cmd_keygen)
     dlq.register(sub)
+    bulk.register(sub)
+    notifier.register(sub)
     deploy.register(sub)
     return top
 

@@ -24,12 +24,18 @@ HEADER = """\
 
 WEB = "web: batchline web --host 0.0.0.0 --port ${PORT:-8000}"
 BULK = "bulk: rq worker batchline-bulk --with-scheduler --url ${REDIS_URL}"
-"""rq runs the work around the hot path: bulk jobs (``batchline bulk``) and their schedules."""
+"""rq runs the work around the hot path: bulk jobs (``batchline bulk``) and their schedules..."""
+WEBHOOKS = (
+    "notifier: batchline notifier",
+    "webhooks: rq worker batchline-webhooks --with-scheduler --url ${REDIS_URL}",
+)
+"""... and webhook deliveries (their retries wait in rq's scheduler), which the notifier
+enqueues as jobs end (one notifier is enough)."""
 
 
 def procfile(pipelines: Mapping[str, Sequence[str]]) -> str:
     """The Procfile text for ``pipelines`` (name -> full stage names, in order)."""
-    lines = [HEADER.rstrip("\n"), WEB, BULK]
+    lines = [HEADER.rstrip("\n"), WEB, BULK, *WEBHOOKS]
     single = [stages[0] for _, stages in sorted(pipelines.items()) if len(stages) == 1]
     if single:
         lines.append(f"worker: batchline worker {' '.join(single)}")

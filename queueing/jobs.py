@@ -103,6 +103,20 @@ def job_error(job_id: str, status: JobStatus, error: str | None, stage: str | No
     raise ValueError(f"job {job_id} is {status}, not a failure")
 
 
+def _webhook(raw: Mapping[Any, Any]) -> bytes:
+    """A job's webhook deliveries (see :mod:`queueing.webhooks`) as a JSON object."""
+    status = raw.get(b"webhook_status")
+    return dumps(
+        {
+            "url": raw[b"webhook"].decode(errors="replace"),
+            "attempts": int(raw.get(b"webhook_attempts", 0)),
+            "last_status": status.decode() if status else None,
+            "last_error": (raw.get(b"webhook_error") or b"").decode(errors="replace") or None,
+            "final": raw.get(b"webhook_final") == b"1",
+        }
+    )
+
+
 def _number(raw: bytes) -> float | None:
     return float(raw) if raw else None
 
@@ -129,6 +143,9 @@ class Snapshot:
     value: bytes = b""
     owner: str | None = None
     deadline: bytes = b""
+    webhook: bytes = b""
+    """A job with a webhook: its deliveries as a JSON object (url, attempts, last_status,
+    last_error, final), for the document."""
 
     @classmethod
     def decode_all(cls, data: bytes) -> list[Snapshot]:
@@ -183,6 +200,7 @@ class Snapshot:
             value,
             owner.decode() if owner else None,
             raw.get(b"deadline", b""),
+            _webhook(raw) if b"webhook" in raw else b"",
         )
 
     def outcome(self) -> Any:
@@ -235,6 +253,8 @@ class Snapshot:
             self.timings,
             dumps(url),
         )
+        if self.webhook:
+            body += b',"webhook":%s' % self.webhook
         if self.status is JobStatus.DONE:
             tail = b',"result":%s}\n' % self.value
         elif self.status.finished:

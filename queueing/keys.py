@@ -94,6 +94,11 @@ class Keys:
         """What a job id is appended to, to make its key (for the Lua scripts)."""
         return f"{self._tag(partition)}:job:"
 
+    def webhooks_pending(self, partition: int) -> str:
+        """Set: the jobs of a partition whose webhook is not yet handed to rq (the notifier's
+        to-do list, kept across its restarts)."""
+        return f"{self._tag(partition)}:webhooks"
+
     def bulk_cancel(self, bulk_id: str) -> str:
         """String: set when a bulk job (an rq job) is asked to stop."""
         return f"{self.prefix}:bulk:cancel:{bulk_id}"

@@ -107,6 +107,10 @@ class SubmitCall:
     reply: str
     owner: str = ""
     groups: list[list[NewJob]] = field(default_factory=list)
+    webhook: str = ""
+    """The URL its jobs' ends are POSTed to ('' none; see :mod:`queueing.webhooks`)."""
+    pending: str = ""
+    """With a webhook: the partition's set of jobs whose webhook is pending."""
 
     def pack(self, *, retry: bool = False) -> Call:
         """KEYS and ARGV. ``retry``: an earlier attempt of this very call may have run (its
@@ -122,6 +126,7 @@ class SubmitCall:
             self.reply,
             self.owner,
             1 if retry else 0,
+            self.webhook,
         ]
         n_jobs = sum(len(group) for group in self.groups)
         for group in self.groups:
@@ -136,6 +141,8 @@ class SubmitCall:
                     *(job.id, slot, job.fingerprint, job.deadline, job.fmt, job.data),
                     job.result_ttl,
                 ]
+        if self.webhook:
+            idem_keys.append(self.pending)
         return keys + idem_keys, args
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from queueing.errors import ConfigError
@@ -69,6 +69,19 @@ class Settings:
     bulk_dir: str = ".batchline/bulk"
     """Where the gateway keeps uploaded bulk files and their results: storage that the
     ``rq worker batchline-bulk`` processes see at the same path (a shared volume)."""
+    webhook_secret: str = field(default="", repr=False)
+    """The key that signs webhook deliveries (HMAC-SHA256; see :mod:`queueing.webhooks`)."""
+    webhook_allow: tuple[str, ...] = ()
+    """Hosts, addresses or networks (CIDR) a webhook may reach although not public (by default
+    a URL that resolves to a private, loopback or link-local address is refused)."""
+    webhook_retries: int = 5
+    """Deliveries retried this many times after a 5xx, a timeout or a connection error..."""
+    webhook_backoff_s: float = 1.0
+    """... this long before the first retry, doubling after each."""
+    webhook_timeout_s: float = 10.0
+    """How long one delivery waits for the receiver's answer."""
+    webhook_sweep_s: float = 5.0
+    """How often the notifier re-reads the pending webhooks (ends whose notice it missed)."""
     max_wait_s: float = 60.0
     """Longest a gateway call may wait for a result (long-poll and synchronous calls)."""
     retry_s: float = 10.0
@@ -103,6 +116,10 @@ class Settings:
             ("block_ms", 1 <= self.block_ms <= 60_000),
             ("max_body_bytes", self.max_body_bytes >= 1),
             ("bulk_max_bytes", self.bulk_max_bytes >= 1),
+            ("webhook_retries", 0 <= self.webhook_retries <= 25),
+            ("webhook_backoff_s", 0 <= self.webhook_backoff_s <= 3600),
+            ("webhook_timeout_s", 0 < self.webhook_timeout_s <= 300),
+            ("webhook_sweep_s", 0 < self.webhook_sweep_s <= 3600),
             ("max_wait_s", 0 < self.max_wait_s < 1e6),
             ("retry_s", 0 <= self.retry_s < 1e6),
             ("torch_threads", self.torch_threads >= 0),

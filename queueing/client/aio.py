@@ -197,11 +197,14 @@ class AsyncClient:
         idempotency_key: str | None = None,
         owner: str | None = None,
         result_ttl_s: float | None = None,
+        webhook: str | None = None,
     ) -> AsyncJob:
         """Enqueue one input. ``timeout_s`` (from now) or ``deadline`` (unix seconds) bound
         when a worker may still start it; ``idempotency_key`` makes retries return the same
         job (the same key with another input raises IdempotencyConflict); ``result_ttl_s``
-        is how long the job is kept once it has ended (default: BATCHLINE_RESULT_TTL_S)."""
+        is how long the job is kept once it has ended (default: BATCHLINE_RESULT_TTL_S);
+        ``webhook``: an http(s) URL the job's document is POSTed to, signed, when it ends
+        (see :mod:`queueing.webhooks`: it needs ``batchline notifier`` and an rq worker)."""
         jobs = await self.submit_many(
             pipeline,
             [input],
@@ -210,6 +213,7 @@ class AsyncClient:
             idempotency_keys=[idempotency_key],
             owner=owner,
             result_ttl_s=result_ttl_s,
+            webhook=webhook,
         )
         return jobs[0]
 
@@ -223,6 +227,7 @@ class AsyncClient:
         idempotency_keys: Sequence[str | None] | None = None,
         owner: str | None = None,
         result_ttl_s: float | None = None,
+        webhook: str | None = None,
     ) -> list[AsyncJob]:
         """Enqueue several inputs in one round trip, each its own job; all or none (QueueFull)
         within a partition (inputs without an idempotency key share one)."""
@@ -236,6 +241,7 @@ class AsyncClient:
             idempotency_keys=idempotency_keys,
             owner=owner,
             result_ttl_s=result_ttl_s,
+            webhook=webhook,
         )
         (ids,) = await self.send(plan)
         if isinstance(ids, Exception):

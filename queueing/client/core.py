@@ -36,6 +36,7 @@ from queueing.message import JSON, encode_payload
 from queueing.registry import PipelineSpec
 from queueing.scripts import Call, NewJob, SubmitCall, cancel_call, orphan_call, watch_call
 from queueing.settings import Settings
+from queueing.webhooks import NOTIFIER, check_url
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class SubmitPlan:
     def __init__(self, core: Core) -> None:
         self.core = core
         self.calls: list[SubmitCall] = []
-        self._index: dict[tuple[str, int, str], int] = {}
+        self._index: dict[tuple[str, int, str, str], int] = {}
         self._requests: list[_Request] = []
         self._specs: list[PipelineSpec] = []
 
@@ -72,12 +73,16 @@ class SubmitPlan:
         idempotency_keys: Sequence[str | None] | None = None,
         owner: str | None = None,
         result_ttl_s: float | None = None,
+        webhook: str | None = None,
     ) -> int:
         """Plan one request; returns its number (for :meth:`results`). ``result_ttl_s``: how
-        long its jobs are kept once ended (default: the ``result_ttl_s`` setting). ValueError
-        for a bad argument (too many inputs, a timeout or ttl <= 0, keys that do not match the
-        inputs)."""
+        long its jobs are kept once ended (default: the ``result_ttl_s`` setting); ``webhook``:
+        a URL each job's document is POSTed to when it ends (:mod:`queueing.webhooks`).
+        ValueError for a bad argument (too many inputs, a timeout or ttl <= 0, keys that do
+        not match the inputs, a webhook that is not an http(s) URL)."""
         core = self.core
+        if webhook is not None:
+            webhook = check_url(webhook)
         if len(inputs) > MAX_SUBMIT_MANY:
             raise ValueError(
                 f"{len(inputs)} inputs in one submit; at most {MAX_SUBMIT_MANY} "
@@ -125,7 +130,7 @@ class SubmitPlan:
         groups: dict[int, tuple[int, int, list[NewJob]]] = {}
         for partition, job in placed:
             if partition not in groups:
-                call_index = self._call(spec, partition, owner or "")
+                call_index = self._call(spec, partition, owner or "", webhook or "")
                 in_call = self.calls[call_index].groups
                 in_call.append([])
                 groups[partition] = (call_index, len(in_call) - 1, in_call[-1])
@@ -136,8 +141,8 @@ class SubmitPlan:
         self._specs.append(spec)
         return len(self._requests) - 1
 
-    def _call(self, spec: PipelineSpec, partition: int, owner: str) -> int:
-        key = (spec.name, partition, owner)
+    def _call(self, spec: PipelineSpec, partition: int, owner: str, webhook: str = "") -> int:
+        key = (spec.name, partition, owner, webhook)
         index = self._index.get(key)
         if index is None:
             core = self.core
@@ -151,8 +156,11 @@ class SubmitPlan:
                     now=repr(time.time()),
                     max_backlog=max(1, -(-limit // core.settings.partitions)),
                     idempotency_ttl=int(core.settings.result_ttl_s),
-                    reply=core.channel(partition),
+                    reply=core.channel(partition)
+                    + (" " + core.keys.notify(partition, NOTIFIER) if webhook else ""),
                     owner=owner,
+                    webhook=webhook,
+                    pending=core.keys.webhooks_pending(partition) if webhook else "",
                 )
             )
         return index

@@ -196,11 +196,14 @@ class Client:
         idempotency_key: str | None = None,
         owner: str | None = None,
         result_ttl_s: float | None = None,
+        webhook: str | None = None,
     ) -> Job:
         """Enqueue one input. ``timeout_s`` (from now) or ``deadline`` (unix seconds) bound
         when a worker may still start it; ``idempotency_key`` makes retries return the same
         job (the same key with another input raises IdempotencyConflict); ``result_ttl_s``
-        is how long the job is kept once it has ended (default: BATCHLINE_RESULT_TTL_S)."""
+        is how long the job is kept once it has ended (default: BATCHLINE_RESULT_TTL_S);
+        ``webhook``: an http(s) URL the job's document is POSTed to, signed, when it ends
+        (see :mod:`queueing.webhooks`: it needs ``batchline notifier`` and an rq worker)."""
         jobs = self.submit_many(
             pipeline,
             [input],
@@ -209,6 +212,7 @@ class Client:
             idempotency_keys=[idempotency_key],
             owner=owner,
             result_ttl_s=result_ttl_s,
+            webhook=webhook,
         )
         return jobs[0]
 
@@ -222,6 +226,7 @@ class Client:
         idempotency_keys: Sequence[str | None] | None = None,
         owner: str | None = None,
         result_ttl_s: float | None = None,
+        webhook: str | None = None,
     ) -> list[Job]:
         """Enqueue several inputs in one round trip, each its own job; all or none (QueueFull)
         within a partition (inputs without an idempotency key share one)."""
@@ -235,6 +240,7 @@ class Client:
             idempotency_keys=idempotency_keys,
             owner=owner,
             result_ttl_s=result_ttl_s,
+            webhook=webhook,
         )
         (ids,) = self.send(plan)
         if isinstance(ids, Exception):
