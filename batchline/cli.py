@@ -263,7 +263,7 @@ def parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser(
         "up",
-        help="run it all locally: embedded Redis (without REDIS_URL), gateway, a worker per stage",
+        help="run it all locally: embedded Redis (without REDIS_URL), gateway, workers",
     )
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=default_port, help="gateway port (default 8000)")

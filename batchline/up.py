@@ -3,15 +3,18 @@
 With no ``REDIS_URL`` it starts the embedded server (under ``BATCHLINE_DATA_DIR``), then
 publishes the pipelines to the registry and runs, each as its own process with its output
 prefixed by its name: the gateway (``batchline web``) and the workers, as ``--workers`` says:
-``per-pipeline`` (the default: ``batchline worker <pipeline>``, one process per pipeline),
-``per-stage`` (``batchline worker <pipeline>.<stage>``, each stage alone, as the Procfile scales
-them) or ``one`` (a single worker process runs every stage).
+``one`` (the default: a single ``batchline worker`` process runs every stage),
+``per-pipeline`` (``batchline worker <pipeline>``, one process per pipeline) or ``per-stage``
+(``batchline worker <pipeline>.<stage>``, each stage alone, as the Procfile and the deployment
+recipes scale them).
 
-Each worker process that runs a torch model pays for torch itself (about 300-400 MB resident
-once a model is loaded), so fewer processes save most of the memory; ``per-pipeline`` keeps
-a pipeline that crashes at start-up, or a slow model, from taking the others down with it,
-which ``one`` does not. Pipelines whose extras are not installed were dropped by the CLI,
-with a warning naming the ``pip install`` that brings them.
+``one`` is the default because ``up`` is for development: every worker process that runs a
+model imports torch (or keras, sklearn) and loads its own copy, so one process takes about a
+fifth of the memory of one per stage with the examples and is ready in half the time
+(``python -m bench.up_rss`` measures it). What it gives up is isolation, which ``up`` does
+not offer anyway (a child that exits stops everything), and parallelism across processes
+(its stages' model calls run in threads of one process). Pipelines whose extras are not
+installed were dropped by the CLI, with a warning naming the ``pip install`` that brings them.
 
 Children run in their own sessions, so a Ctrl-C reaches this supervisor alone; it sends
 SIGTERM to every child (the gateway stops accepting, workers finish the batches in hand), waits
@@ -49,8 +52,8 @@ SERVER_RESTARTS = 5
 SERVER_RESTART_WINDOW_S = 300.0
 SERVER_START_S = 600.0
 """How long a restarted server may take to answer (it loads its AOF first)."""
-WORKER_MODES = ("per-pipeline", "per-stage", "one")
-DEFAULT_WORKERS = "per-pipeline"
+WORKER_MODES = ("one", "per-pipeline", "per-stage")
+DEFAULT_WORKERS = "one"
 
 
 def add_workers_option(parser: Any) -> None:
@@ -59,7 +62,7 @@ def add_workers_option(parser: Any) -> None:
         "--workers",
         choices=WORKER_MODES,
         default=os.environ.get("BATCHLINE_UP_WORKERS") or DEFAULT_WORKERS,
-        help="worker processes: one per pipeline (default), one per stage, or one in all",
+        help="worker processes: one for every stage (default), one per pipeline, one per stage",
     )
 
 

@@ -112,7 +112,7 @@ def test_batchline_up_runs_everything_and_one_ctrl_c_stops_it(tmp_path: Path) ->
     log = tmp_path / "up.log"
     with log.open("wb") as out:
         up = subprocess.Popen(
-            [sys.executable, "-m", "batchline", "up", "--port", str(port)],
+            [sys.executable, "-m", "batchline", "up", "--workers=per-stage", "--port", str(port)],
             cwd=tmp_path,
             env=env,
             stdout=out,
