@@ -5,9 +5,13 @@ brings it (real subprocesses, with the frameworks made unimportable by the impor
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 from queueing.settings import Settings
 from tests.conftest import ROOT, worker_env
@@ -110,3 +114,59 @@ def test_every_package_is_in_the_distribution() -> None:
         for init in (ROOT / top).rglob("__init__.py")
     }
     assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages"
+
+
+def test_batchline_up_without_the_extras_serves_the_rest(tmp_path: Path) -> None:
+    import socket
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "BATCHLINE_REDIS_URL")}
+    env.update(
+        {
+            "BATCHLINE_DATA_DIR": str(tmp_path / "data"),
+            "BATCHLINE_PIPELINES": "pipelines.examples",
+            "BATCHLINE_TEST_WITHOUT": WITHOUT,
+            "PYTHONPATH": f"{ROOT / 'tests' / 'without_extras'}:{ROOT}",
+        }
+    )
+    log = tmp_path / "up.log"
+    with log.open("wb") as out:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "batchline", "up", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        limit = time.monotonic() + 60
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            while True:
+                assert up.poll() is None, log.read_text()
+                try:
+                    if http.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < limit, log.read_text()
+                time.sleep(0.2)
+            names = [p["name"] for p in http.get("/v1/pipelines").json()["pipelines"]]
+            assert names == ["composed", "echo"]
+            answer = http.post("/v1/pipelines/echo", json={"input": 5}).json()
+            assert answer["result"] == 5
+    finally:
+        up.send_signal(signal.SIGINT)
+        code = up.wait(30)
+    output = log.read_text()
+    assert code == 0, output
+    for line in (
+        "skipping pipeline mlp: it needs torch (the [torch] extra): pip install 'batchline[torch]'",
+        "skipping pipeline cartpole: it needs gymnasium, torch (the [rl] extra)",
+        "skipping pipeline keras_tabular: it needs keras, torch (the [keras] extra)",
+        "skipping pipeline iris: it needs sklearn, joblib (the [sklearn] extra)",
+    ):
+        assert line in output
