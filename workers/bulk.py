@@ -23,6 +23,7 @@ import collections
 import csv
 import logging
 import os
+import threading
 import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
@@ -30,10 +31,10 @@ from typing import IO, Any
 
 import orjson
 from rq import get_current_job
-from rq.job import Job
+from rq.job import Job as RqJob
 
 from queueing.bulk import BulkSpec, Progress, enqueue
-from queueing.client import Client
+from queueing.client import Client, Job
 from queueing.errors import JobError
 from queueing.keys import Keys
 from queueing.settings import Settings
@@ -181,10 +182,28 @@ def _open_at(path: str, size: int) -> IO[bytes]:
     return f
 
 
+CANCEL_POLL_S = 0.5
+"""How often a running bulk job looks for a cancel request."""
+
+
+class _Tracking(Client):
+    """A client that keeps the ids of the jobs submitted and not yet consumed, in order (what
+    ``map`` has in flight), so that a cancel reaches them."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.submitted: collections.deque[str] = collections.deque()
+
+    def submit_many(self, *args: Any, **kwargs: Any) -> list[Job]:
+        jobs = super().submit_many(*args, **kwargs)
+        self.submitted.extend(job.id for job in jobs)
+        return jobs
+
+
 class BulkRun:
     """One run of a bulk job (a fresh one, or a resumed one)."""
 
-    def __init__(self, job: Job, spec: BulkSpec, settings: Settings) -> None:
+    def __init__(self, job: RqJob, spec: BulkSpec, settings: Settings) -> None:
         self.job = job
         self.spec = spec
         self.settings = settings
@@ -208,7 +227,8 @@ class BulkRun:
         self.save()
         output = Output(spec, checkpoint)
         try:
-            with Client(self.settings) as client:
+            client = _Tracking(self.settings)
+            with client:
                 self._stream(client, output, checkpoint)
             self.checkpoint(output, final=True)
         finally:
@@ -218,7 +238,7 @@ class BulkRun:
         self.save()
         return {"done": progress.done, "failed": progress.failed, "state": progress.state}
 
-    def _stream(self, client: Client, output: Output, checkpoint: dict[str, int]) -> None:
+    def _stream(self, client: _Tracking, output: Output, checkpoint: dict[str, int]) -> None:
         spec, progress = self.spec, self.progress
         # Each row read, in order: its index, end offset, the BadRow it is (or None), its value.
         order: collections.deque[tuple[int, int, BadRow | None, Any]] = collections.deque()
@@ -244,8 +264,16 @@ class BulkRun:
             return_errors=True,
             cancel_on_close=True,
         )
+        stop = threading.Event()
+        watcher = threading.Thread(
+            target=self._watch_cancel, args=(client, stop), name="bulk-cancel", daemon=True
+        )
+        watcher.start()
         try:
             for value in results:
+                if self.cancelled:  # (what ends now was cancelled, or is dropped with it)
+                    break
+                client.submitted.popleft()
                 self._drain_bad(order, output)
                 index, end, _, given = order.popleft()
                 if isinstance(value, JobError):
@@ -255,12 +283,27 @@ class BulkRun:
                     output.result(index, value)
                     progress.done += 1
                 self._advance(index, end, output)
-                if self.cancelled:
-                    break
             else:
                 self._drain_bad(order, output)
         finally:
+            stop.set()
             results.close()  # a break (cancel) or an error: the jobs in flight are cancelled
+            watcher.join()
+
+    def _watch_cancel(self, client: _Tracking, stop: threading.Event) -> None:
+        """In a thread: once ``batchline bulk cancel`` asks, cancel every job in flight (the
+        map then gets their ends, and the loop stops), even while none is finishing."""
+        key = self.keys.bulk_cancel(self.job.id)
+        while not stop.wait(CANCEL_POLL_S):
+            try:
+                if not self.job.connection.exists(key):
+                    continue
+                self.cancelled = True
+                for job_id in list(client.submitted):
+                    client.cancel(job_id)
+            except Exception:
+                log.exception("bulk %s: the cancel watcher failed", self.job.id)
+            return
 
     def _drain_bad(
         self, order: collections.deque[tuple[int, int, BadRow | None, Any]], out: Output
@@ -281,8 +324,6 @@ class BulkRun:
             or now - self._last_sync >= self.spec.checkpoint_s
         ):
             self.checkpoint(output)
-            if self.job.connection.exists(self.keys.bulk_cancel(self.job.id)):
-                self.cancelled = True
 
     def checkpoint(self, output: Output, *, final: bool = False) -> None:
         """fsync the files, then name them durable in meta (never the other way round)."""
@@ -339,7 +380,7 @@ def run_bulk(spec_doc: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def _url_of(job: Job) -> str:
+def _url_of(job: RqJob) -> str:
     """A URL for the rq worker's own connection (when REDIS_URL is not set)."""
     kwargs = job.connection.connection_pool.connection_kwargs
     if "path" in kwargs:
