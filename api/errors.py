@@ -14,7 +14,7 @@ The body is always JSON of one shape, never a traceback::
 - 409 ``IdempotencyConflict``: ``id`` of the job the key names
 - 429 ``QueueFull``: ``Retry-After``
 - 503 ``BrokerUnavailable`` (and redis-py's connection errors, should one slip by),
-  ``NotReady``: ``Retry-After``
+  ``BrokerFull`` (Redis at its ``maxmemory``), ``NotReady``: ``Retry-After``
 - 504 ``ResultTimeout``: ``id`` and ``url`` of the job, which goes on: poll it
 - 500 any other ``BatchlineError`` (a deployment problem), and anything else (with its
   traceback)
@@ -41,6 +41,7 @@ from api.documents import JSONResponse, job_path
 from api.methods import allowed_methods
 from queueing.errors import (
     BatchlineError,
+    BrokerFull,
     BrokerUnavailable,
     IdempotencyConflict,
     QueueFull,
@@ -166,6 +167,9 @@ async def _batchline_error(request: Request, exc: Exception) -> Response:
         return problem(409, "idempotency_conflict", message, id=exc.job_id)
     if isinstance(exc, QueueFull):
         return problem(429, "queue_full", message, _retry_after(exc.retry_after))
+    if isinstance(exc, BrokerFull):
+        log.warning("answering 503: %s", exc)
+        return problem(503, "broker_full", message, _retry_after(exc.retry_after))
     if isinstance(exc, BrokerUnavailable):
         # Its text names Redis's address and errno: for the log, not for clients.
         log.warning("answering 503: %s", exc)

@@ -4,6 +4,7 @@ protocol, the registry, waking waiters, the embedded server and the enqueue clie
 from queueing.client import AsyncClient, AsyncJob, Client, Job
 from queueing.errors import (
     BatchlineError,
+    BrokerFull,
     BrokerUnavailable,
     ConfigError,
     DecodeError,
@@ -29,6 +30,7 @@ __all__ = [
     "AsyncClient",
     "AsyncJob",
     "BatchlineError",
+    "BrokerFull",
     "BrokerUnavailable",
     "Client",
     "ConfigError",

@@ -11,8 +11,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 import redis
 import redis.asyncio
@@ -25,6 +25,8 @@ import redis.utils
 from queueing.cluster import AsyncRedis, SyncRedis, is_cluster
 from queueing.errors import BrokerUnavailable, ConfigError
 from queueing.settings import Settings
+
+T = TypeVar("T")
 
 REDIS_DOWN: tuple[type[Exception], ...] = (
     redis.exceptions.ConnectionError,
@@ -40,6 +42,10 @@ unreachable (socket errors and timeouts are OSErrors), or still loading its data
 (``BusyLoadingError`` is a ``ConnectionError``); in a cluster, also while a master fails over
 (CLUSTERDOWN, an uncovered slot, redis-py's routing giving up) or a slot migrates (TRYAGAIN).
 Retry these; anything else is a real error."""
+
+REDIS_FULL: tuple[type[Exception], ...] = (redis.exceptions.OutOfMemoryError,)
+"""Redis refused a write at its ``maxmemory`` (policy ``noeviction``; a script that writes is
+refused before it runs). Workers retry it like an outage: memory frees as records expire."""
 
 
 def is_loading(exc: BaseException) -> bool:
@@ -187,7 +193,7 @@ class OutageLog:
     def failed(self, exc: BaseException) -> None:
         now = self._clock()
         self._failures += 1
-        outage = isinstance(exc, REDIS_DOWN)
+        outage = isinstance(exc, REDIS_DOWN + REDIS_FULL)
         if self._since is None:
             self._since = now
             self._interval = self.repeat_s
@@ -207,7 +213,13 @@ class OutageLog:
         self._kinds.add(type(exc))
         self._next_at = now + self._interval
         if outage:
-            state = "is loading its dataset" if is_loading(exc) else "is unreachable"
+            state = (
+                "is out of memory (maxmemory)"
+                if isinstance(exc, REDIS_FULL)
+                else "is loading its dataset"
+                if is_loading(exc)
+                else "is unreachable"
+            )
             self.logger.warning(
                 "%s: Redis %s (%s); retrying, logging again at most every %gs (then rarer)",
                 self.what,
@@ -221,7 +233,7 @@ class OutageLog:
     def succeeded(self) -> None:
         if self._since is None:
             return
-        outage = any(issubclass(kind, REDIS_DOWN) for kind in self._kinds)
+        outage = any(issubclass(kind, REDIS_DOWN + REDIS_FULL) for kind in self._kinds)
         self.logger.info(
             "%s: %s after %.1fs and %d failed attempts",
             self.what,
@@ -242,6 +254,23 @@ class OutageLog:
             self.failed(exc)
         else:
             self.succeeded()
+
+
+async def until_written(call: Callable[[], Awaitable[T]], outage: OutageLog) -> T:
+    """``await call()``, again (backing off up to 1 s) while Redis refuses writes at its
+    ``maxmemory``: memory frees as finished jobs' records expire, and a worker that waits
+    serves once it has; the wait is logged once (``outage``)."""
+    delay = 0.05
+    while True:
+        try:
+            result = await call()
+        except REDIS_FULL as exc:
+            outage.failed(exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        else:
+            outage.succeeded()
+            return result
 
 
 STARTUP_UNREACHABLE_S = 30.0

@@ -10,6 +10,7 @@
     ├── UnknownPipeline        no pipeline of that name is registered
     ├── UnknownJob             no job of that id (or it expired, or belongs to someone else)
     ├── QueueFull              the first stage's backlog is over its limit (has retry_after)
+    ├── BrokerFull             Redis is out of memory (maxmemory, noeviction): nothing written
     ├── IdempotencyConflict    an idempotency key was reused with a different input
     └── JobError               a job ended without a result (has job_id)
         ├── JobFailed          a stage raised, or the entry was dead-lettered (has stage)
@@ -68,6 +69,19 @@ class QueueFull(BatchlineError):
         self.pipeline = pipeline
         self.backlog = backlog
         self.limit = limit
+        self.retry_after = retry_after
+
+
+class BrokerFull(BatchlineError):
+    """Redis refused a write: it is at its ``maxmemory`` (with the ``noeviction`` policy, the
+    only safe one for a queue). Nothing was written; try again after ``retry_after`` seconds,
+    once finished jobs' records have expired or workers have drained the queues."""
+
+    def __init__(self, detail: str, retry_after: float = 1.0) -> None:
+        super().__init__(
+            f"Redis is out of memory ({detail}); nothing was queued, retry after "
+            f"{retry_after:g}s"
+        )
         self.retry_after = retry_after
 
 

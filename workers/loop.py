@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from queueing.connection import REDIS_DOWN, OutageLog
+from queueing.connection import REDIS_DOWN, REDIS_FULL, OutageLog
 from queueing.errors import DecodeError
 from queueing.jobs import StageTiming
 from queueing.message import Message, dumps, job_id_of
@@ -119,7 +119,7 @@ class StageLoop:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
-        await self.queue.ensure_groups()
+        await self._persist("create groups", self.queue.ensure_groups)
         reader = asyncio.create_task(self._read_loop(stop), name=f"read:{self.stage.name}")
         keeper = asyncio.create_task(self._heartbeat_loop(stop), name=f"beat:{self.stage.name}")
         finishing: asyncio.Task[None] | None = None
@@ -403,12 +403,13 @@ class StageLoop:
                 )
 
     async def _persist(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Retry ``call`` while Redis is unreachable (it restarts; nothing is lost meanwhile).
-        Once the worker is stopping, give up instead (_Abandon): what it holds stays pending."""
+        """Retry ``call`` while Redis is unreachable (it restarts; nothing is lost meanwhile)
+        or out of memory (it frees as records expire). Once the worker is stopping, give up
+        instead (_Abandon): what it holds stays pending."""
         while True:
             try:
                 result = await call()
-            except REDIS_DOWN as exc:
+            except (*REDIS_DOWN, *REDIS_FULL) as exc:
                 if self._stop.is_set():
                     raise _Abandon from exc
                 self._io_log.failed(exc)  # once per outage, then rarely (not per retry)

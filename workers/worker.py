@@ -29,6 +29,7 @@ from queueing.connection import (
     OutageLog,
     broker_errors,
     connect_async,
+    until_written,
     wait_until_ready,
 )
 from queueing.housekeeping import Swept, sweep
@@ -85,8 +86,9 @@ class Worker:
                 loop.add_signal_handler(sig, self.request_stop)
         try:
             await wait_until_ready(client, log, f"worker {self.consumer}: start-up")
+            full = OutageLog(log, f"worker {self.consumer}: start-up")
             with broker_errors():
-                await publish(client, self.settings, self.topologies)
+                await until_written(lambda: publish(client, self.settings, self.topologies), full)
             # Only stages with a setup(device) hook need one (and torch imported to find it).
             needs_device = any(stage.needs_device for stage in self.stages)
             device = resolve_device(self.settings.device) if needs_device else "cpu"
@@ -113,7 +115,9 @@ class Worker:
                 "started_at": time.time(),
             }
             with broker_errors():
-                await heartbeat(client, self.settings, self.consumer, info)
+                await until_written(
+                    lambda: heartbeat(client, self.settings, self.consumer, info), full
+                )
             await self._sweep(client, OutageLog(log, f"worker {self.consumer}: housekeeping"))
             beats = asyncio.create_task(self._beat(client, info))
             log.info(

@@ -10,8 +10,9 @@ An attempt that meets an outage (:data:`~queueing.connection.REDIS_DOWN`: the se
 restarting or loading its data) is followed by another after a pause that doubles from
 :data:`FIRST_PAUSE_S` up to :data:`MAX_PAUSE_S`, until ``Settings.retry_s`` have passed since
 the call began; then the call raises :class:`~queueing.errors.BrokerUnavailable`. Any other
-error goes to the caller at once. A call that is not idempotent must know whether it is a
-retry (:attr:`Attempt.retry`): SUBMIT then skips the jobs an earlier attempt queued.
+error goes to the caller at once; Redis's refusal to write at its ``maxmemory`` (``OOM ...``)
+as :class:`~queueing.errors.BrokerFull`. A call that is not idempotent must know whether it is
+a retry (:attr:`Attempt.retry`): SUBMIT then skips the jobs an earlier attempt queued.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
+import redis.exceptions
+
 from queueing.connection import REDIS_DOWN, OutageLog
-from queueing.errors import BatchlineError, BrokerUnavailable
+from queueing.errors import BatchlineError, BrokerFull, BrokerUnavailable
 
 log = logging.getLogger("queueing.client")
 
@@ -60,6 +63,9 @@ class Attempt:
         if isinstance(exc, REDIS_DOWN) and not isinstance(exc, BatchlineError):
             self.error = exc
             return True
+        if isinstance(exc, redis.exceptions.OutOfMemoryError):
+            # (a script that writes is refused before it runs: none of it was done)
+            raise BrokerFull("maxmemory reached") from exc
         return False
 
 
