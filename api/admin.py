@@ -120,7 +120,7 @@ async def list_dead(
 
 
 @admin.get(
-    "/dead/{pipeline}/{stage}/{job_id}",
+    "/dead/{pipeline}/{stage}/jobs/{job_id}",
     response_model=None,
     summary="One job's dead letter, with its payload",
     responses=error_responses(401, 404, 422, 503),
@@ -133,7 +133,7 @@ async def show_dead(
 
 
 @admin.post(
-    "/dead/{pipeline}/{stage}/{job_id}/requeue",
+    "/dead/{pipeline}/{stage}/jobs/{job_id}/requeue",
     response_model=None,
     summary="Requeue one job at the stage it died in",
     responses={**error_responses(401, 404, 422, 503), **_409},

@@ -1,5 +1,5 @@
 """A pipeline for the dead-letter and dashboard tests (loaded by workers through
-BATCHLINE_PIPELINES): ``t_poison``, a ``prepare`` stage handing to a ``model`` stage.
+BATCHLINE_PIPELINES): ``t_poison``, a ``model`` stage handing to a ``format`` stage.
 
 ``model`` runs batches of one. An item ``{"x": int, "poison": true}`` SIGKILLs its worker while
 the key :data:`POISONED` exists in the test server (the bug), and runs like any other once it is
@@ -23,12 +23,7 @@ if TYPE_CHECKING:
     from tests.support import Workers
 
 POISONED = "test:poisoned"
-STAGES = ("t_poison.prepare", "t_poison.model")
-
-
-@batch(max_batch_size=8, batch_wait_timeout_s=0.005)
-def prepare(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{**item, "prepared": True} for item in items]
+STAGES = ("t_poison.model", "t_poison.format")
 
 
 class PoisonModel(Recorded):
@@ -43,8 +38,18 @@ class PoisonModel(Recorded):
         return self.run(items)
 
 
+@batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+def format_output(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**item, "formatted": True} for item in items]
+
+
+# The poison stage comes first: with max_deliveries=1, a crash dead-letters every item started
+# when it happens, and a poison item met first (submitted first) is then the only one started.
 t_poison = Pipeline(
-    "t_poison", stage(prepare, name="prepare"), stage(PoisonModel, name="model"), example={"x": 1}
+    "t_poison",
+    stage(PoisonModel, name="model"),
+    stage(format_output, name="format"),
+    example={"x": 1},
 )
 
 

@@ -239,7 +239,7 @@ async function act(button) {
   const full = `${pipeline}.${stage}`;
   let result;
   if (action === "requeue") {
-    result = await api("POST", `${base}/${encodeURIComponent(job)}/requeue`);
+    result = await api("POST", `${base}/jobs/${encodeURIComponent(job)}/requeue`);
   } else if (action === "requeue-all") {
     result = await api("POST", `${base}/requeue`);
   } else if (action === "purge") {

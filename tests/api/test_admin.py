@@ -56,8 +56,8 @@ def test_dead_letters_over_http_with_keys_on(
         for method, path in (
             ("GET", "/v1/admin/overview"),
             ("GET", DEAD),
-            ("GET", f"{DEAD}/{job_id}"),
-            ("POST", f"{DEAD}/{job_id}/requeue"),
+            ("GET", f"{DEAD}/jobs/{job_id}"),
+            ("POST", f"{DEAD}/jobs/{job_id}/requeue"),
             ("POST", f"{DEAD}/requeue"),
             ("DELETE", DEAD),
         ):
@@ -72,21 +72,21 @@ def test_dead_letters_over_http_with_keys_on(
         (letter,) = listed["dead_letters"]
         assert letter["job"] == job_id
         assert "dead-lettered after 1 attempts" in letter["reason"]
-        assert http.get(f"{DEAD}/{job_id}").json()["data"] == '{"x":7,"poison":1,"prepared":true}'
+        assert http.get(f"{DEAD}/jobs/{job_id}").json()["data"] == '{"x":7,"poison":1}'
         stage = _stage(http.get("/v1/admin/overview").json(), "t_poison.model")
         assert stage["dead"]["count"] == 1
         assert stage["dead"]["latest"][0]["job"] == job_id
 
         redis_client.delete(POISONED)  # the fix
-        requeued = http.post(f"{DEAD}/{job_id}/requeue")
+        requeued = http.post(f"{DEAD}/jobs/{job_id}/requeue")
         assert requeued.status_code == 200, requeued.text
         assert requeued.json()["outcome"] == "requeued"
         # The gateway's listener was told of the failure; its long poll now waits for the end.
         done = http.get(f"/v1/jobs/{job_id}", params={"wait": 30}).json()
         assert done["status"] == "done"
-        assert done["result"] == {"x": 7, "y": 14}
+        assert done["result"] == {"x": 7, "y": 14, "formatted": True}
 
-        again = http.post(f"{DEAD}/{job_id}/requeue")
+        again = http.post(f"{DEAD}/jobs/{job_id}/requeue")
         assert again.status_code == 404
         assert again.json()["error"] == "unknown_dead_letter"
         assert http.post(f"{DEAD}/requeue").json() == {"requeued": 0, "results": []}

@@ -68,14 +68,15 @@ def test_a_poison_job_fixed_and_requeued_ends_done_once(
     poison_settings: Settings, client: Client, workers: Workers, redis_client: redis.Redis
 ) -> None:
     register(poison_settings, t_poison)
-    inputs = [{"x": 0}, {"x": 1, "poison": True}, {"x": 2}]
+    # (the poison first: see tests.poison)
+    inputs = [{"x": 1, "poison": True}, {"x": 0}, {"x": 2}]
     jobs = dead_letter(poison_settings, client, workers, redis_client, inputs)
-    poison = jobs[1]
+    poison = jobs[0]
     with pytest.raises(JobFailed, match="dead-lettered after 1 attempts"):
         poison.result(timeout=10)  # (this client's listener now remembers the failure)
-    assert [job.result(timeout=10) for job in (jobs[0], jobs[2])] == [
-        {"x": 0, "y": 0},
-        {"x": 2, "y": 4},
+    assert [job.result(timeout=10) for job in jobs[1:]] == [
+        {"x": 0, "y": 0, "formatted": True},
+        {"x": 2, "y": 4, "formatted": True},
     ]
 
     listed = dlq(poison_settings, "list", MODEL)
@@ -104,11 +105,12 @@ def test_a_poison_job_fixed_and_requeued_ends_done_once(
     waiter.start()
     worker = workers.start("t_poison", settings=poison_settings, burst=True)
     waiter.join(40)
-    assert results == [{"x": 1, "y": 2}]
+    assert results == [{"x": 1, "y": 2, "formatted": True}]
     assert wait_exit(worker, 30) == 0
 
     assert seen(redis_client, MODEL).count(1) == 2, "killed once, then run once"
-    assert stat(redis_client, MODEL, "done") == 3
+    assert stat(redis_client, MODEL, "next") == 3
+    assert stat(redis_client, "t_poison.format", "done") == 3
     assert stat(redis_client, MODEL, "requeued") == 1
     assert redis_client.xlen(KEYS.dead(0, MODEL)) == 0
     assert_drained(redis_client, STAGES)
