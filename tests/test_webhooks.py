@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -287,3 +288,28 @@ def test_a_crash_between_enqueue_and_forget_enqueues_no_second_delivery(
     Notifier(hook_settings).run(once=True)
     assert pending(redis_client) == 0
     assert Queue(QUEUE, connection=redis_client).count == 1
+
+
+def test_a_submit_without_a_webhook_sends_what_it_sent_before(
+    hook_settings: Settings, redis_client: redis.Redis
+) -> None:
+    """The commands SUBMIT runs per job, counted by the server: XADD + HSET without a webhook,
+    and an SADD more with one."""
+    register(hook_settings, t_gate)
+
+    def calls() -> Counter[str]:
+        stats = redis_client.info("commandstats")
+        return Counter({name: int(stat["calls"]) for name, stat in stats.items()})
+
+    with Client(hook_settings) as client:
+        client.submit("t_gate", {"x": 0})  # the script is loaded
+        before = calls()
+        client.submit_many("t_gate", [{"x": i} for i in range(10)])
+        plain = calls() - before
+        before = calls()
+        client.submit_many("t_gate", [{"x": i} for i in range(10)], webhook="https://a.example/")
+        hooked = calls() - before
+    assert plain["cmdstat_xadd"] == plain["cmdstat_hset"] == 10
+    assert plain["cmdstat_sadd"] == 0
+    assert hooked["cmdstat_sadd"] == 10
+    assert hooked["cmdstat_xadd"] == hooked["cmdstat_hset"] == 10
