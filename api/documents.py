@@ -91,6 +91,17 @@ _TIMEOUT_S = (
 )
 
 
+MAX_RESULT_TTL_S = 7 * 24 * 3600
+"""The longest ``result_ttl_s`` a submission may ask for (a week)."""
+
+_RESULT_TTL_S = (
+    "Seconds each job (its status and result) is kept once it has ended, for polling; "
+    "default BATCHLINE_RESULT_TTL_S (3600) for submitted jobs and BATCHLINE_SYNC_RESULT_TTL_S "
+    "(60) for the synchronous call, whose answer carries the result. Shorter keeps Redis "
+    "smaller."
+)
+
+
 _WEBHOOK = (
     "An http(s) URL each job's document is POSTed to when it ends (done, failed, expired or "
     "cancelled), signed with a `Batchline-Signature` header (HMAC-SHA256 of `<t>.<body>`); "
@@ -112,6 +123,7 @@ class SubmitBody(BaseModel):
     )
     timeout_s: float | None = Field(None, gt=0, description=_TIMEOUT_S)
     webhook: str | None = Field(None, pattern="^https?://", max_length=2048, description=_WEBHOOK)
+    result_ttl_s: int | None = Field(None, ge=1, le=MAX_RESULT_TTL_S, description=_RESULT_TTL_S)
 
 
 class RunBody(BaseModel):
@@ -122,6 +134,7 @@ class RunBody(BaseModel):
     input: Any = Field(..., description="The pipeline's input (checked against its schema).")
     timeout_s: float | None = Field(None, gt=0, description=_TIMEOUT_S)
     webhook: str | None = Field(None, pattern="^https?://", max_length=2048, description=_WEBHOOK)
+    result_ttl_s: int | None = Field(None, ge=1, le=MAX_RESULT_TTL_S, description=_RESULT_TTL_S)
 
 
 class Accepted(BaseModel):

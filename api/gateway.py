@@ -106,7 +106,7 @@ class Gateway:
             timeout_s=submission.timeout_s,
             idempotency_keys=self._idempotency_keys(idempotency_key, owner, submission),
             owner=owner,
-            result_ttl_s=result_ttl_s,
+            result_ttl_s=submission.result_ttl_s or result_ttl_s,
             webhook=submission.webhook,
         )
         self.metrics.submitted.labels(pipeline).inc(len(ids))

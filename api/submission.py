@@ -19,14 +19,14 @@ from typing import Any
 import jsonschema
 import orjson
 
+from api.documents import MAX_RESULT_TTL_S
 from api.errors import InvalidInput, UnsupportedMediaType, cut
 from queueing.client.core import MAX_SUBMIT_MANY
 from queueing.errors import ConfigError
 from queueing.registry import PipelineSpec
 from queueing.webhooks import check_url
 
-_FIELDS = {"input", "inputs", "timeout_s", "webhook"}
-
+_FIELDS = {"input", "inputs", "timeout_s", "webhook", "result_ttl_s"}
 MAX_DEPTH = 64
 """How deep arrays and objects may nest in a body, the body's own object being the first."""
 MIN_INT, MAX_INT = -(2**63), 2**64 - 1
@@ -68,6 +68,9 @@ class Submission:
     timeout_s: float | None
     webhook: str | None = None
     """A URL each job's document is POSTed to when it ends (see queueing.webhooks)."""
+    result_ttl_s: int | None = None
+    """How long each job's record (and result) is kept once it has ended, in seconds (None:
+    the gateway's default)."""
 
 
 def parse_submission(body: bytes, *, allow_many: bool = True) -> Submission:
@@ -93,7 +96,7 @@ def parse_submission(body: bytes, *, allow_many: bool = True) -> Submission:
     if unknown:
         raise InvalidInput(
             f"unknown field(s) {cut(', '.join(map(repr, unknown)))}; the body is {expected} "
-            'with an optional "timeout_s"',
+            'with optional "timeout_s", "webhook", "result_ttl_s"',
             [{"where": f"body.{name}", "message": "unknown field"} for name in unknown],
         )
     if "inputs" in doc and not allow_many:
@@ -128,9 +131,14 @@ def parse_submission(body: bytes, *, allow_many: bool = True) -> Submission:
             raise InvalidInput(
                 cut(str(exc)), [{"where": "body.webhook", "message": "not an http(s) URL"}]
             ) from None
+    result_ttl_s = _result_ttl(doc.get("result_ttl_s"))
     if "input" in doc:
         return Submission(
-            [doc["input"]], False, None if timeout_s is None else float(timeout_s), webhook
+            [doc["input"]],
+            False,
+            None if timeout_s is None else float(timeout_s),
+            webhook,
+            result_ttl_s,
         )
     inputs = doc["inputs"]
     if not isinstance(inputs, list) or not inputs:
@@ -148,7 +156,28 @@ def parse_submission(body: bytes, *, allow_many: bool = True) -> Submission:
             f'"inputs" holds {len(inputs)} inputs; one request takes at most {MAX_SUBMIT_MANY}',
             [{"where": "body.inputs", "message": f"at most {MAX_SUBMIT_MANY} items"}],
         )
-    return Submission(inputs, True, None if timeout_s is None else float(timeout_s), webhook)
+    return Submission(
+        inputs, True, None if timeout_s is None else float(timeout_s), webhook, result_ttl_s
+    )
+
+
+def _result_ttl(value: Any) -> int | None:
+    """A body's ``result_ttl_s``: whole seconds, 1 to MAX_RESULT_TTL_S."""
+    if value is None:
+        return None
+    whole = (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and math.isfinite(value)
+        and value == int(value)
+    )
+    if not whole or not 1 <= value <= MAX_RESULT_TTL_S:
+        bound = f"an integer 1..{MAX_RESULT_TTL_S}"
+        raise InvalidInput(
+            f"result_ttl_s must be {bound} (seconds), got {cut(orjson.dumps(value).decode())}",
+            [{"where": "body.result_ttl_s", "message": f"must be {bound}"}],
+        )
+    return int(value)
 
 
 def _check_depth(doc: Any) -> None:
