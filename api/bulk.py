@@ -4,7 +4,7 @@
   ``BATCHLINE_BULK_DIR``, never held in memory, and limited by ``BATCHLINE_BULK_MAX_BYTES``
   (not by the JSON bodies' ``BATCHLINE_MAX_BODY_BYTES``: see :func:`own_limit`); an rq job is
   enqueued (``batchline-bulk``) and its id answered, 202.
-- ``GET /v1/bulk/{id}``: its progress (done, failed, total, items/s, ETA).
+- ``GET /v1/bulk/{id}``: its progress (done, failed, total, items/s, ETA); ``DELETE`` cancels it.
 - ``GET /v1/bulk/{id}/results`` (and ``/failures``): the output as written so far, streamed
   (while it runs, up to its last checkpoint: only what is fsync'd).
 
@@ -34,11 +34,13 @@ from queueing.bulk import (
     BulkSpec,
     Progress,
     UnknownBulk,
+    cancel,
     document,
     enqueue,
     fetch,
     rq_connection,
 )
+from queueing.keys import Keys
 from queueing.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["bulk"])
@@ -157,6 +159,25 @@ async def get_bulk(bulk_id: str, request: Request) -> Response:
     doc.pop("_durable")
     for path in ("input", "output", "failures"):
         doc.pop(path)  # (the gateway's disk layout is not the caller's business)
+    return JSONResponse(doc)
+
+
+@router.delete(
+    "/bulk/{bulk_id}",
+    response_model=None,
+    summary="Cancel a bulk job",
+    responses=error_responses(401, 404, 503),
+)
+async def cancel_bulk(bulk_id: str, request: Request) -> Response:
+    """A queued or scheduled job never runs; a running one cancels the jobs it has in flight
+    (queued ones never reach a model) and stops. Answers its progress."""
+    gateway, _ = _caller(request)
+    await _job_doc(request, bulk_id)  # (404 for another key's)
+    connection = _redis(request, gateway.settings)
+    keys = Keys(gateway.settings.prefix)
+    doc = await run_in_threadpool(cancel, connection, keys, bulk_id)
+    for path in ("input", "output", "failures"):
+        doc.pop(path)
     return JSONResponse(doc)
 
 

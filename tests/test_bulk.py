@@ -252,8 +252,22 @@ def test_cancel_a_queued_job_before_it_runs(
     source.write_bytes(b'{"x": 1}\n')
     out = tmp_path / "out.jsonl"
     bulk_id = run_id(bulk(bulk_settings, capsys, "run", "t_gate", str(source), "-o", str(out)))
+    at = bulk(
+        bulk_settings,
+        capsys,
+        "run",
+        "t_gate",
+        str(source),
+        "-o",
+        str(out),
+        "--at",
+        "2099-01-01T02:00",
+    )
+    assert "queued at 2099-01-01T02:00:00+00:00" in at
     bulk(bulk_settings, capsys, "cancel", bulk_id)
+    bulk(bulk_settings, capsys, "cancel", run_id(at))
     assert Queue(QUEUE, connection=redis_client).count == 0
     docs = {d["id"]: d for d in list_documents(redis_client)}
     assert docs[bulk_id]["state"] == "cancelled"
+    assert docs[run_id(at)]["state"] == "cancelled"
     assert not out.exists()

@@ -62,12 +62,18 @@ def test_upload_run_follow_and_read_back_a_bulk_job(
             rows = [orjson.loads(line) for line in results.content.splitlines()]
             assert rows == [{"row": i, "result": {"x": i, "y": 2 * i}} for i in range(200)]
             assert http.get(f"/v1/bulk/{bulk_id}/failures").content == b""
+            # A second one, cancelled before a worker takes it: it never runs.
+            later = http.post("/v1/pipelines/t_gate/bulk", content=body, headers=NDJSON).json()
+            cancelled = http.delete(f"/v1/bulk/{later['id']}")
+            assert cancelled.status_code == 200
+            assert cancelled.json()["state"] == "cancelled"
         with gateway.client() as anonymous:
             assert anonymous.get(f"/v1/bulk/{bulk_id}").status_code == 401
             assert anonymous.post("/v1/pipelines/t_gate/bulk", content=body).status_code == 401
         with gateway.client(**{"X-API-Key": other}) as stranger:
             assert stranger.get(f"/v1/bulk/{bulk_id}").status_code == 404
             assert stranger.get(f"/v1/bulk/{bulk_id}/results").status_code == 404
+            assert stranger.delete(f"/v1/bulk/{bulk_id}").status_code == 404
     finally:
         rq.close()
         worker.kill()
