@@ -22,7 +22,7 @@ import redis.exceptions
 
 from queueing.cluster import AsyncRedis
 from queueing.keys import Keys
-from queueing.message import dumps
+from queueing.message import dumps, job_id_of
 from queueing.scripts import (
     FINISH,
     START,
@@ -172,6 +172,16 @@ class StageQueue:
             Delivery(d.partition, d.entry_id, d.fields, times.get((d.partition, d.entry_id), 1))
             for d in deliveries
         ]
+
+    async def attempts(self, deliveries: Sequence[Delivery]) -> list[int]:
+        """How many times this stage has started each delivery's job (START's count; 0 for
+        one never started, or whose record or payload is gone)."""
+        field = f"a:{self.stage}"
+        pipe = self.redis.pipeline(transaction=False)
+        for delivery in deliveries:
+            job_id = job_id_of(delivery.fields) if delivery.fields else None
+            pipe.hget(self._job_prefixes[delivery.partition] + (job_id or ""), field)
+        return [int(count or 0) for count in await pipe.execute()] if deliveries else []
 
     def _deliveries(self, reply: Any) -> list[Delivery]:
         out = []

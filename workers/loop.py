@@ -105,9 +105,11 @@ class StageLoop:
         only after they are done."""
         self.done = asyncio.Event()
         self._stop = asyncio.Event()
-        self._recovered: deque[list[Delivery]] = deque()
-        """Batches of recovered entries (suspects: one of them may have crashed a worker),
-        run in turn with batches of new ones."""
+        self._recovered: deque[_Batch] = deque()
+        """Batches of recovered entries (suspects: one of them may have crashed a worker), run
+        before new ones. (Run in turn with new batches, they were re-delivered by every crash
+        a new batch caused, until entries never started were dead-lettered: other workers
+        keep reading new entries meanwhile.)"""
         self._suspects_ran = asyncio.Event()
         """Set once the batch of suspects in hand has run (the read loop waits for it)."""
         self._beat_log = OutageLog(log, f"stage {stage.name}: heartbeat")
@@ -159,14 +161,13 @@ class StageLoop:
 
     async def _read_loop(self, stop: asyncio.Event) -> None:
         """Fill the inbox: first this consumer's own pending entries (a restart under the
-        same name), then new ones, in batches; a batch of recovered entries, when there is one,
-        in turn with each batch of new ones."""
+        same name), then new ones, in batches; recovered entries first whenever there are."""
         try:
             # (a crash's batch, restarted at once by a supervisor, is a suspect like any other)
-            self._recover(await self.queue.reread_own(OWN_PENDING_LIMIT))
+            await self._recover(await self.queue.reread_own(OWN_PENDING_LIMIT))
             while not stop.is_set():
-                if self._recovered:
-                    await self._put_suspects(self._recovered.popleft())
+                while self._recovered:
+                    await self._put_recovered(self._recovered.popleft())
                 # Snapshot first: whatever upstream handed on before it finished is readable now.
                 upstream_done = all(loop.done.is_set() for loop in self.upstream)
                 # (no blocking read while recovered entries wait for their turn)
@@ -177,7 +178,7 @@ class StageLoop:
                 elif self.burst:
                     claimed, _ = await self.queue.claim(self.config.max_batch_size)
                     if claimed:
-                        self._recover(claimed)
+                        await self._recover(claimed)
                     elif self._recovered:
                         continue
                     elif upstream_done:
@@ -187,38 +188,58 @@ class StageLoop:
         finally:
             await self._inbox.put(None)
 
-    def _recover(self, deliveries: list[Delivery]) -> None:
+    async def _recover(self, deliveries: list[Delivery]) -> None:
         """Queue recovered entries (a dead consumer's, or our own from a previous life) for
-        the read loop. One of them may be what crashed a worker, and a crash counts an attempt
-        against every item of its batch: an entry on its first redelivery that still has an
-        attempt to spare after this one runs in a half batch (bisection: the half without the
-        culprit ends; one that crashes again leaves each item that spare attempt); any other
-        runs alone, so that a crash counts against it alone. They are held (touched by
-        heartbeats) from now on."""
-        size = max(1, self.config.max_batch_size // 2)
-        batch: list[Delivery] = []
+        the read loop, batched by how often this stage has started their jobs (a crash counts
+        an attempt against every item of its batch, and one of them may be the culprit):
+
+        - never started (read ahead by a worker that died first): a full batch, as new ones;
+        - started, with two or more attempts left: a half batch (bisection: the half without
+          the culprit ends; the other leaves each of its items a spare attempt);
+        - on its last attempt: alone, so that a crash counts against it alone;
+        - out of attempts: in a batch (START dead-letters them before the model runs).
+
+        A crash re-orphans what was queued here without counting an attempt, so entries
+        recovered again keep their place in this order. They are held (touched by heartbeats)
+        from now on."""
         for delivery in deliveries:
             self.held[delivery.entry_id] = delivery
-            if delivery.deliveries > min(2, self.settings.max_deliveries - 1):
-                self._recovered.append([delivery])
+        attempts = await self._persist("read attempts", lambda: self.queue.attempts(deliveries))
+        last = self.settings.max_deliveries - 1
+        full, half = self.config.max_batch_size, max(1, self.config.max_batch_size // 2)
+        fresh: list[Delivery] = []
+        split: list[Delivery] = []
+        alone: list[Delivery] = []
+        for delivery, started in zip(deliveries, attempts, strict=True):
+            if started == 0 or started > last:
+                fresh.append(delivery)
+            elif started < last:
+                split.append(delivery)
             else:
-                batch.append(delivery)
-                if len(batch) == size:
-                    self._recovered.append(batch)
-                    batch = []
-        if batch:
-            self._recovered.append(batch)
+                alone.append(delivery)
+        # Never started first: a crash re-delivers what is still queued here without counting
+        # an attempt, and an entry delivered DELIVERY_CAP x max_deliveries times unstarted is
+        # dead-lettered.
+        for at in range(0, len(fresh), full):
+            self._recovered.append(_Batch(fresh[at : at + full]))
+        for at in range(0, len(split), half):
+            self._recovered.append(_Batch(split[at : at + half], suspect=True))
+        self._recovered.extend(_Batch([delivery], suspect=True) for delivery in alone)
 
     async def _put(self, batch: _Batch) -> None:
         for delivery in batch.deliveries:
             self.held[delivery.entry_id] = delivery
         await self._inbox.put(batch)
 
-    async def _put_suspects(self, deliveries: list[Delivery]) -> None:
-        """Hand over a batch of suspects and read nothing more until it has run: should it
-        crash this worker, it orphans these entries only, not new ones read meanwhile."""
+    async def _put_recovered(self, batch: _Batch) -> None:
+        """Hand over a batch of recovered entries; for suspects, read nothing more until it
+        has run: should it crash this worker, it orphans these entries only, not new ones
+        read meanwhile."""
+        if not batch.suspect:
+            await self._put(batch)
+            return
         self._suspects_ran.clear()
-        await self._put(_Batch(deliveries, suspect=True))
+        await self._put(batch)
         await self._suspects_ran.wait()
 
     async def read_batch(self, *, block: bool = True) -> list[Delivery]:
@@ -452,7 +473,7 @@ class StageLoop:
                 log.info(
                     "stage %s: claimed %d entries of a dead consumer", self.stage.name, len(claimed)
                 )
-                self._recover(claimed)
+                await self._recover(claimed)
 
 
 def _call_sync(handler: BatchedHandler[Any], values: list[Any]) -> list[Any]:
