@@ -35,7 +35,7 @@ enqueues as jobs end (one notifier is enough)."""
 
 def procfile(pipelines: Mapping[str, Sequence[str]]) -> str:
     """The Procfile text for ``pipelines`` (name -> full stage names, in order)."""
-    lines = [HEADER.rstrip("\n"), WEB, BULK, *WEBHOOKS]
+    lines = [HEADER.rstrip("\n"), WEB]
     single = [stages[0] for _, stages in sorted(pipelines.items()) if len(stages) == 1]
     if single:
         lines.append(f"worker: batchline worker {' '.join(single)}")
@@ -44,4 +44,5 @@ def procfile(pipelines: Mapping[str, Sequence[str]]) -> str:
             for stage in stages:
                 short = stage.split(".", 1)[1]
                 lines.append(f"{name}-{short}: batchline worker {stage}")
+    lines += [BULK, *WEBHOOKS]
     return "\n".join(lines) + "\n"
