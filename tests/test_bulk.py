@@ -3,6 +3,7 @@ the real server. A SIGKILLed rq worker's job resumes from its checkpoint."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -19,11 +20,13 @@ from rq import Queue
 from rq.registry import StartedJobRegistry
 
 from batchline.cli import main
-from queueing.bulk import QUEUE, Progress, fetch, list_documents
+from queueing.bulk import QUEUE, BulkSpec, Progress, fetch, list_documents
+from queueing.errors import ConfigError
 from queueing.settings import Settings
 from tests.bulk_pipelines import GATE, t_gate
 from tests.conftest import ROOT, worker_env
 from tests.support import Workers, register, wait_exit, wait_until
+from workers.bulk import count_rows
 
 SEEN = "test:seen:t_gate.model"
 
@@ -271,3 +274,13 @@ def test_cancel_a_queued_job_before_it_runs(
     assert docs[bulk_id]["state"] == "cancelled"
     assert docs[run_id(at)]["state"] == "cancelled"
     assert not out.exists()
+
+
+def test_parquet_without_pyarrow_names_the_extra(tmp_path: Path) -> None:
+    if importlib.util.find_spec("pyarrow") is not None:
+        pytest.skip("pyarrow is installed: this checks the message when it is missing")
+    spec = BulkSpec(
+        pipeline="t_gate", input=str(tmp_path / "x.parquet"), output="o", format="parquet"
+    )
+    with pytest.raises(ConfigError, match=r"batchline\[parquet\]"):
+        count_rows(spec)

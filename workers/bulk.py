@@ -35,7 +35,7 @@ from rq.job import Job as RqJob
 
 from queueing.bulk import BulkSpec, Progress, enqueue
 from queueing.client import Client, Job
-from queueing.errors import JobError
+from queueing.errors import ConfigError, JobError
 from queueing.keys import Keys
 from queueing.settings import Settings
 
@@ -83,9 +83,7 @@ def count_rows(spec: BulkSpec) -> int:
                 n += bool(line.strip())
         return n
     if spec.format == "parquet":
-        import pyarrow.parquet as pq
-
-        return int(pq.ParquetFile(spec.input).metadata.num_rows)
+        return int(_pyarrow_parquet().ParquetFile(spec.input).metadata.num_rows)
     return sum(1 for _ in _csv(spec.input, spec.column))
 
 
@@ -127,13 +125,21 @@ def _csv(path: str, column: str) -> Iterator[Row]:
 
 
 def _parquet(path: str, column: str) -> Iterator[Row]:
-    import pyarrow.parquet as pq  # an optional extra
-
     index = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+    for batch in _pyarrow_parquet().ParquetFile(path).iter_batches(batch_size=4096):
         for record in batch.to_pylist():
             yield Row(index, record[column] if column else record)
             index += 1
+
+
+def _pyarrow_parquet() -> Any:
+    try:
+        import pyarrow.parquet
+    except ImportError as exc:
+        raise ConfigError(
+            "reading Parquet needs pyarrow in the rq worker: pip install 'batchline[parquet]'"
+        ) from exc
+    return pyarrow.parquet
 
 
 def _skip(rows: Iterator[Row], n: int) -> Iterator[Row]:
