@@ -10,8 +10,8 @@ How an end becomes a delivery, without losing one:
 3. The notifier (``batchline notifier``, :mod:`workers.notifier`) wakes on that notice, and
    also sweeps the pending sets (at start-up and every ``webhook_sweep_s``), so an end it did
    not hear (it was down, or reconnecting) is found all the same. For each ended job it
-   enqueues :func:`deliver` on the rq queue :data:`QUEUE` (rq job id ``webhook-<job id>``,
-   skipped if that exists), THEN removes the job from the pending set. A crash between the
+   enqueues :func:`deliver` on the rq queue :data:`QUEUE` (rq job id ``webhook-<job id>-<its
+   finished_at>``, skipped if that exists), THEN removes the job from the pending set. A crash between the
    two leaves the job pending: the next sweep finds the rq job there and only removes it.
    Delivery is at least once: a receiver must accept a repeat (the job id says which).
 4. :func:`deliver` POSTs the job document, signed (below); a 5xx, a timeout or a connection
@@ -129,16 +129,21 @@ def backoff(retries: int, base_s: float) -> list[int]:
     return [int(base_s * 2**i) for i in range(retries)]
 
 
-def delivery_id(job_id: str) -> str:
-    return f"webhook-{job_id}"
+def delivery_id(job_id: str, ended_at: str = "") -> str:
+    """The rq job id of the delivery of one end of a job (a job requeued from its dead letters
+    ends again: that end is delivered too)."""
+    stamp = "".join(c for c in ended_at if c.isdigit())
+    return f"webhook-{job_id}-{stamp}" if stamp else f"webhook-{job_id}"
 
 
-def enqueue_delivery(connection: Any, job_id: str, url: str, settings: Any) -> bool:
+def enqueue_delivery(
+    connection: Any, job_id: str, url: str, settings: Any, ended_at: str = ""
+) -> bool:
     """Enqueue the delivery of one job's end (False if it was enqueued before)."""
     from rq import Queue, Retry
     from rq.job import Job
 
-    rq_id = delivery_id(job_id)
+    rq_id = delivery_id(job_id, ended_at)
     if Job.exists(rq_id, connection=connection):
         return False
     retries = settings.webhook_retries

@@ -283,7 +283,9 @@ def test_a_crash_between_enqueue_and_forget_enqueues_no_second_delivery(
         job = client.submit("t_gate", {"x": 1}, webhook="http://127.0.0.1:9/hook")
         job.wait(timeout=30)
     # The notifier enqueued the delivery and died before it removed the job from the set.
-    assert enqueue_delivery(redis_client, job.id, "http://127.0.0.1:9/hook", hook_settings)
+    ended_at = redis_client.hget(KEYS.job(job.id), "finished_at").decode()
+    hook = "http://127.0.0.1:9/hook"
+    assert enqueue_delivery(redis_client, job.id, hook, hook_settings, ended_at)
     assert pending(redis_client) == 1
     Notifier(hook_settings).run(once=True)
     assert pending(redis_client) == 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -85,14 +85,16 @@ class Notifier:
             if notice.status.finished:
                 self.handle(notice.job_id)
 
-    def handle(self, job_id: str, url: str | None = None) -> None:
+    def handle(self, job_id: str, url: bytes | None = None, ended_at: bytes | None = None) -> None:
         """Enqueue the delivery of an ended job, then forget it (in this order: a crash in
         between leaves it pending, and the next sweep finds its delivery enqueued)."""
         partition = int(job_id.split("-", 1)[0])
         if url is None:
-            raw = self.redis.hget(self.keys.job(job_id), "webhook")
-            url = raw.decode() if isinstance(raw, bytes) else raw
-        if url and enqueue_delivery(self.redis, job_id, url, self.settings):
+            found = self.redis.hmget(self.keys.job(job_id), "webhook", "finished_at")
+            url, ended_at = cast(list[bytes | None], found)
+        if url and enqueue_delivery(
+            self.redis, job_id, url.decode(), self.settings, (ended_at or b"").decode()
+        ):
             self.enqueued += 1
             log.info("notifier: delivery of job %s enqueued", job_id)
         self.redis.srem(self.keys.webhooks_pending(partition), job_id)
@@ -116,18 +118,18 @@ class Notifier:
         pipe = self.redis.pipeline(transaction=False)
         for job_id in job_ids:
             if is_job_id(job_id):
-                pipe.hmget(self.keys.job(job_id), "status", "webhook")
+                pipe.hmget(self.keys.job(job_id), "status", "webhook", "finished_at")
         states = iter(pipe.execute())
         handled = 0
         for job_id in job_ids:
             if not is_job_id(job_id):
                 self.redis.srem(pending, job_id)
                 continue
-            status, url = next(states)
+            status, url, ended_at = next(states)
             if status is None:  # its record expired before it was delivered
                 log.warning("notifier: job %s has no record left; its webhook is dropped", job_id)
                 self.redis.srem(pending, job_id)
             elif JobStatus(status.decode()).finished:
-                self.handle(job_id, url.decode() if url else None)
+                self.handle(job_id, url or b"", ended_at)
                 handled += 1
         return handled
