@@ -37,8 +37,25 @@ Scenarios, in this order:
   ``BATCHLINE_DURABLE_SUBMIT=1`` in client and workers: every accepted job must end;
 - ``pubsub-kill``: ``CLIENT KILL TYPE pubsub`` every 0.2 s during one ``Client.map`` of N
   jobs: the map must complete (every result, in order) within the drain limit;
-- ``poison``: 1% of inputs make the model ``os._exit(1)``; dead workers are restarted; every
-  good job must end done, every poison one failed (dead-lettered).
+- ``poison``: 1% of inputs make the model ``os._exit(1)``, against ``batchline worker
+  --processes 2`` (its supervisor forks a crashed worker's replacement at once, same name);
+  every good job must end done, every poison one failed (dead-lettered). Three runs of N:
+  a flood without poison (the baseline rate), a flood with (the good jobs' rate), and poison
+  paced at half the baseline rate (the good jobs' p99 from submit to end);
+- ``poison-restart``: the same against two plain ``batchline worker`` processes, each dead
+  one replaced by a new process (a new interpreter and name), as an outside supervisor would;
+- ``map-redis-restart``: one ``Client.map`` of N while the server is stopped for 2 s and
+  started again: every result once, in order;
+- ``backlog-flood``: N jobs at once against a first-stage limit of 200: refused submits
+  (QueueFull; 429 over HTTP) are retried after Retry-After, every accepted job ends;
+- ``deadlines``: N jobs at once with a 0.25 s deadline against a slower model: the tail
+  expires, and no expired job reaches the model;
+- ``backlog-recovery``: N jobs at once against a slower model; a worker holding entries is
+  SIGKILLed while the backlog stands: its entries must be re-run within the visibility
+  timeout plus two heartbeats.
+
+Each row prints its own ``target`` beyond 0 lost and 0 duplicate results, and whether it was
+``met`` (speed targets are measured, not asserted: ``ok`` is about correctness only).
 """
 
 from __future__ import annotations
@@ -48,7 +65,9 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import signal
+import socket
 import sys
 import threading
 import time
@@ -64,8 +83,9 @@ from bench.chaos_pipelines import executions_key
 from bench.harness import ROOT, Child, Processes, child_env, machine_info, scratch_dir
 from bench.stats import percentile
 from queueing.client import Client, Job
-from queueing.errors import BatchlineError, ResultTimeout, UnknownJob
+from queueing.errors import BatchlineError, QueueFull, ResultTimeout, UnknownJob
 from queueing.keys import Keys
+from queueing.message import job_id_of
 from queueing.server import EmbeddedServer
 from queueing.settings import Settings
 
@@ -78,6 +98,14 @@ CHUNK = 50
 READY_TIMEOUT_S = 60.0
 POISON_EVERY = 100
 """One input in this many is poison (scenario ``poison``)."""
+REDIS_RESTART_S = 2.0
+"""How long the server stays down in scenario ``map-redis-restart``."""
+FLOOD_LIMIT = 200
+"""The first-stage limit in scenario ``backlog-flood`` (BATCHLINE_MAX_BACKLOG)."""
+DEADLINE_S = 0.25
+"""Each job's deadline in scenario ``deadlines``."""
+SLOW = {"CHAOS_BATCH_SLEEP_S": "0.02"}
+"""A slower model (20 ms per batch of up to 32), so that a backlog stands."""
 
 
 @dataclass(frozen=True)
@@ -201,6 +229,7 @@ class Lab:
             prefix="chaos",
             visibility_timeout_s=self.timing.visibility_timeout_s,
             durable_submit=self.extra_env.get("BATCHLINE_DURABLE_SUBMIT") == "1",
+            max_backlog=int(self.extra_env.get("BATCHLINE_MAX_BACKLOG") or 100_000),
         )
 
     def redis(self) -> redis.Redis:
@@ -400,6 +429,49 @@ def kill_pubsub(lab: Lab, stop: threading.Event, row: Row) -> None:
         client.close()
 
 
+def restart_redis_once(lab: Lab, stop: threading.Event, row: Row) -> None:
+    """A third of the way through the flow, stop the server (SIGTERM: it fsyncs its AOF),
+    wait REDIS_RESTART_S, start it again on the same data folder."""
+    if stop.wait(lab.timing.flow_s / 3):
+        return
+    lab.server.stop()
+    row.faults += 1
+    time.sleep(REDIS_RESTART_S)
+    lab.start_server()
+
+
+def kill_one_holding(killed: dict[str, Any]) -> Fault:
+    """A fault that SIGKILLs the first worker once it holds entries and the backlog stands;
+    ``killed`` gets the time (``at``), the held jobs' ids and the backlog then."""
+
+    def fault(lab: Lab, stop: threading.Event, row: Row) -> None:
+        client = lab.redis()
+        keys = Keys(lab.settings.prefix)
+        stream = keys.stream(0, STAGE)
+        try:
+            victim = lab.workers[0]
+            name = f"{socket.gethostname()}-{victim.pid}"
+            while not stop.wait(0.05):
+                held = client.xpending_range(stream, STAGE, "-", "+", 10_000, consumername=name)
+                backlog = int(client.xlen(stream))
+                if held and backlog > 10 * len(held):
+                    break
+            else:
+                return
+            lab.kill(victim)
+            killed["at"] = time.time()
+            row.faults += 1
+            killed["backlog"] = backlog
+            ids = [p["message_id"] for p in held]
+            found = [job_id_of(f) for e in ids for _, f in client.xrange(stream, e, e)]
+            killed["job_ids"] = [job_id for job_id in found if job_id]
+            lab.start_worker()  # (two live workers again for the rest)
+        finally:
+            client.close()
+
+    return fault
+
+
 def restart_dead_workers(lab: Lab, stop: threading.Event, row: Row) -> None:
     """Start a worker in the place of each one that died (poison ends them)."""
     while not stop.wait(0.1):
@@ -465,11 +537,14 @@ def submit_and_drain(
     flow_s: float | None = None,
     window: int = WINDOW,
     times: dict[int, tuple[float, float]] | None = None,
+    timeout_s: float | None = None,
 ) -> dict[int, str]:
     """Submit ``items`` over ``flow_s`` seconds (the timing's by default; at most ``window``
     unfinished), wait for every accepted job to end; the counts are added to ``row``'s.
     Returns each accepted input's final status by ``i``; ``times`` gets each ended job's
-    (created_at, finished_at), from its record."""
+    (created_at, finished_at), from its record. ``timeout_s``: each job's deadline from its
+    submit. A submit refused with QueueFull is counted in ``row.faults`` and retried after its
+    Retry-After (any other refusal is noted and skipped)."""
     timing = lab.timing
     flow_s = timing.flow_s if flow_s is None else flow_s
     start = time.monotonic()
@@ -515,7 +590,11 @@ def submit_and_drain(
                 continue
             chunk = list(items[submitted : submitted + CHUNK])
             try:
-                jobs = client.submit_many(PIPELINE, chunk)
+                jobs = client.submit_many(PIPELINE, chunk, timeout_s=timeout_s)
+            except QueueFull as exc:
+                row.faults += 1
+                time.sleep(min(exc.retry_after, 0.1))
+                continue
             except BatchlineError as exc:
                 row.notes.append(f"submit of {len(chunk)} refused: {exc!r}")
                 submitted += len(chunk)
@@ -577,6 +656,18 @@ def redis_kill(lab: Lab, row: Row) -> None:
 
 
 def pubsub_kill(lab: Lab, row: Row) -> None:
+    row.target = "0 stuck waits: map completes in order"
+    _map_under(lab, row, kill_pubsub)
+
+
+def map_redis_restart(lab: Lab, row: Row) -> None:
+    row.target = f"map completes across a {REDIS_RESTART_S:g}s restart"
+    _map_under(lab, row, restart_redis_once)
+
+
+def _map_under(lab: Lab, row: Row, fault: Fault) -> None:
+    """One ``Client.map`` of N inputs (paced over flow_s) while ``fault`` is injected: it
+    must complete, with every result once, in input order."""
     _two_workers(lab)
     timing = lab.timing
     results: list[Any] = []
@@ -594,7 +685,7 @@ def pubsub_kill(lab: Lab, row: Row) -> None:
             finished.set()
 
     start = time.monotonic()
-    with injecting(kill_pubsub, lab, row) as stop:
+    with injecting(fault, lab, row) as stop:
         thread = threading.Thread(target=run_map, name="chaos-map", daemon=True)
         thread.start()
         finished.wait(timing.drain_limit_s)
@@ -612,6 +703,65 @@ def pubsub_kill(lab: Lab, row: Row) -> None:
         row.drain_s = round(elapsed, 2)
         if [r.get("i") for r in results] != list(range(row.n)):
             row.problems.append("Client.map's results are not every input once, in order")
+    row.met = finished.is_set() and not failure and not row.problems
+
+
+def backlog_flood(lab: Lab, row: Row) -> None:
+    """N jobs at once against a first-stage limit (BATCHLINE_MAX_BACKLOG, FLOOD_LIMIT): the
+    submits past it are refused (QueueFull; 429 over HTTP) and retried after Retry-After;
+    every accepted job ends."""
+    _two_workers(lab)
+    submit_and_drain(lab, row, inputs(row.n), threading.Event(), flow_s=0.0, window=row.n)
+    row.target = f"refused past {FLOOD_LIMIT} queued, all end"
+    row.met = row.faults > 0 and row.accepted == row.n and row.done == row.n
+    row.notes.append(f"{row.faults} submits refused with QueueFull (then retried)")
+
+
+def deadlines(lab: Lab, row: Row) -> None:
+    """N jobs at once, each with a DEADLINE_S deadline, against a slower model (20 ms per
+    batch): the tail of the backlog expires. Every job ends done or expired, and no expired
+    job reached the model."""
+    _two_workers(lab)
+    statuses = submit_and_drain(
+        lab, row, inputs(row.n), threading.Event(), flow_s=0.0, window=row.n, timeout_s=DEADLINE_S
+    )
+    client = lab.redis()
+    try:
+        ran = {int(i) for i in client.hkeys(executions_key(lab.settings.prefix))}
+    finally:
+        client.close()
+    expired_ran = sorted(i for i, s in statuses.items() if s == "expired" and i in ran)
+    if expired_ran:
+        row.problems.append(f"{len(expired_ran)} expired jobs ran (e.g. i={expired_ran[0]})")
+    row.target = "expired jobs never ran"
+    row.met = row.expired > 0 and not expired_ran
+    if not row.expired:
+        row.notes.append("no job expired: the deadline was not put to the test")
+
+
+def backlog_recovery(lab: Lab, row: Row) -> None:
+    """N jobs at once against a slower model (20 ms per batch), so that a backlog stands; a
+    worker that holds entries is SIGKILLed: the entries it held must be re-run within the
+    visibility timeout plus two heartbeats, while the backlog still stands."""
+    _two_workers(lab)
+    killed: dict[str, Any] = {}
+    with injecting(kill_one_holding(killed), lab, row):
+        submit_and_drain(lab, row, inputs(row.n), threading.Event(), flow_s=0.0, window=row.n)
+    vt = lab.timing.visibility_timeout_s
+    limit = vt + 2 * vt / 3
+    row.target = f"orphans re-run <= {limit:.2f}s (vt + 2 beats)"
+    if not killed.get("job_ids"):
+        row.notes.append("no worker was killed while it held entries")
+        row.met = False
+        return
+    with Client(lab.settings) as client:
+        ended = [s.record() for s in client.recheck(killed["job_ids"])]
+    last = max((r.finished_at or math.inf) for r in ended) - killed["at"]
+    row.met = last <= limit
+    row.notes.append(
+        f"{len(ended)} entries of the killed worker re-run {last:.2f}s after the kill, with "
+        f"{killed['backlog']} entries queued at the kill"
+    )
 
 
 def poison(lab: Lab, row: Row) -> None:
@@ -686,6 +836,10 @@ SCENARIOS: dict[str, tuple[Scenario, dict[str, str]]] = {
     "pubsub-kill": (pubsub_kill, {}),
     "poison": (poison, {}),
     "poison-restart": (poison_restart, {}),
+    "map-redis-restart": (map_redis_restart, {}),
+    "backlog-flood": (backlog_flood, {"BATCHLINE_MAX_BACKLOG": str(FLOOD_LIMIT)}),
+    "deadlines": (deadlines, SLOW),
+    "backlog-recovery": (backlog_recovery, SLOW),
 }
 
 

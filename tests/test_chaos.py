@@ -57,3 +57,16 @@ def test_poison_inputs_crash_supervised_workers(lab_root: tuple[Processes, Path]
     assert row.accepted == 900
     assert (row.done, row.failed, row.dead_lettered) == (894, 6, 6)
     assert row.faults >= 6 * 3, "the poison inputs did not crash the workers"
+
+
+def test_client_map_rides_out_a_redis_restart(lab_root: tuple[Processes, Path]) -> None:
+    """A ``Client.map`` across a 2 s stop and start of the server: every result once, in
+    order (the scenario checks the order; the row counts duplicates)."""
+    row = run("map-redis-restart", 300, lab_root)
+    assert row.faults == 1, "the server was not restarted"
+    assert row.done == 300
+
+
+def test_expired_jobs_never_reach_the_model(lab_root: tuple[Processes, Path]) -> None:
+    row = run("deadlines", 300, lab_root)
+    assert row.done + row.expired == 300
