@@ -77,10 +77,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import redis
 
+from bench import loadgen
 from bench.chaos_pipelines import executions_key
 from bench.harness import ROOT, Child, Processes, child_env, machine_info, scratch_dir
+from bench.loadgen import Call, LoadResult
+from bench.scenarios_http import HOST, free_port, wait_until_ready
 from bench.stats import percentile
 from queueing.client import Client, Job
 from queueing.errors import BatchlineError, QueueFull, ResultTimeout, UnknownJob
@@ -105,6 +109,13 @@ FLOOD_LIMIT = 200
 DEADLINE_S = 0.25
 """Each job's deadline in scenario ``deadlines``."""
 SLOW = {"CHAOS_BATCH_SLEEP_S": "0.02"}
+SOAK_CONNECTIONS = 64
+SOAK_TTL_S = 10.0
+"""The sync results' TTL in scenario ``memory-soak`` (BATCHLINE_SYNC_RESULT_TTL_S; the default
+is 60 s): short, so that a short run gets past it."""
+RSS_LIMIT_MB = 150
+JSON = {"Content-Type": "application/json"}
+ECHO = {"BATCHLINE_PIPELINES": "pipelines.examples"}
 """A slower model (20 ms per batch of up to 32), so that a backlog stands."""
 
 
@@ -127,6 +138,10 @@ class Timing:
     """Faults stop after this long (or when every job has ended)."""
     drain_limit_s: float = 600.0
     """A job not ended this long after the first submit is lost."""
+    soak_s: float = 600.0
+    """How long scenario ``memory-soak`` loads the gateway."""
+    rss_s: float = 60.0
+    """How long scenario ``gateway-rss`` loads the gateway."""
 
     @classmethod
     def of(cls, quick: bool, n: int | None) -> Timing:
@@ -139,6 +154,8 @@ class Timing:
                 redis_kill_every_s=1.5,
                 fault_window_s=20.0,
                 drain_limit_s=90.0,
+                soak_s=40.0,
+                rss_s=15.0,
             )
         return cls(n=n or 10_000)
 
@@ -249,10 +266,10 @@ class Lab:
             }
         )
 
-    def start_worker(self, processes: int | None = None) -> Child:
+    def start_worker(self, processes: int | None = None, target: str = PIPELINE) -> Child:
         """A ``batchline worker chaos`` process (not waited for); with ``processes``, a
         supervisor of that many (``--processes``)."""
-        argv = [sys.executable, "-m", "batchline", "--log-level", "WARNING", "worker", PIPELINE]
+        argv = [sys.executable, "-m", "batchline", "--log-level", "WARNING", "worker", target]
         if processes:
             argv += ["--processes", str(processes)]
         with self.lock:
@@ -706,6 +723,114 @@ def _map_under(lab: Lab, row: Row, fault: Fault) -> None:
     row.met = finished.is_set() and not failure and not row.problems
 
 
+def memory_soak(lab: Lab, row: Row) -> None:
+    """Synchronous echo calls through a gateway at C=64 with 2.4 KB bodies for soak_s; Redis's
+    used_memory is sampled every second: from twice the sync results' TTL on (SOAK_TTL_S, set
+    short with BATCHLINE_SYNC_RESULT_TTL_S so that a short run gets there), every sample must
+    be within 10% of their median."""
+    timing = lab.timing
+    body = orjson.dumps({"input": {"text": "m" * 2400}})
+    samples = _gateway_load(lab, row, body, SOAK_CONNECTIONS, timing.soak_s, sample_redis=True)
+    settle = SOAK_TTL_S * 2
+    after = [used for at, used in samples if at >= settle]
+    row.target = "redis flat within 10% past TTLs"
+    if not after:
+        row.notes.append(f"the run ({timing.soak_s:g}s) did not get past the TTLs ({settle:g}s)")
+        row.met = False
+        return
+    median = percentile(sorted(after), 50)
+    low, high = min(after), max(after)
+    row.met = median * 0.9 <= low and high <= median * 1.1
+    row.notes.append(
+        f"redis used_memory {samples[0][1] / 1e6:.1f} MB at start, {after[0] / 1e6:.1f} MB at "
+        f"{settle:g}s (twice the {SOAK_TTL_S:g}s TTL), {after[-1] / 1e6:.1f} MB at the end; "
+        f"since {settle:g}s: median {median / 1e6:.1f} MB, {low / median - 1:+.1%} to "
+        f"{high / median - 1:+.1%}"
+    )
+
+
+def gateway_rss(lab: Lab, row: Row) -> None:
+    """Synchronous echo calls with 100 KB bodies (and results) at C=16 for rss_s; the
+    gateway's RSS, sampled every second, must stay under RSS_LIMIT_MB."""
+    body = orjson.dumps({"input": {"text": "g" * 100_000}})
+    rss: list[float] = []
+    _gateway_load(lab, row, body, 16, lab.timing.rss_s, rss=rss)
+    top = max(rss, default=math.nan)
+    row.target = f"gateway RSS < {RSS_LIMIT_MB} MB"
+    row.met = top < RSS_LIMIT_MB
+    row.notes.append(
+        f"gateway RSS {rss[0] if rss else math.nan:.0f} MB at start, {top:.0f} MB at most, "
+        f"{rss[-1] if rss else math.nan:.0f} MB at the end"
+    )
+
+
+def _gateway_load(
+    lab: Lab,
+    row: Row,
+    body: bytes,
+    connections: int,
+    seconds: float,
+    *,
+    sample_redis: bool = False,
+    rss: list[float] | None = None,
+) -> list[tuple[float, int]]:
+    """One ``echo`` worker, one gateway (``batchline web``), ``connections`` closed loops of
+    ``POST /v1/pipelines/echo`` with ``body`` for ``seconds``; every second, Redis's
+    used_memory (returned, by seconds since the start) and the gateway's RSS in MB (``rss``).
+    Counts the answers in ``row``."""
+    lab.wait_ready(lab.start_worker(target="echo"))
+    port = free_port()
+    env = {**lab.worker_env(), "BATCHLINE_SYNC_RESULT_TTL_S": str(SOAK_TTL_S)}
+    argv = [sys.executable, "-m", "batchline", "--log-level", "WARNING", "web"]
+    web = lab.processes.start("gateway", [*argv, "--host", HOST, "--port", str(port)], env)
+    base = f"http://{HOST}:{port}"
+    try:
+        wait_until_ready(web, base + "/readyz", lambda status, _: status == 200)
+        shape = Call("POST", "/v1/pipelines/echo", body, expect='"done"', headers=JSON)
+        result: list[LoadResult] = []
+        loader = threading.Thread(
+            target=lambda: result.append(
+                loadgen.run(base, shape, connections, seconds, on_start=lab.processes.watch)
+            ),
+            daemon=True,
+        )
+        client = lab.redis()
+        samples: list[tuple[float, int]] = []
+        start = time.monotonic()
+        loader.start()
+        try:
+            while loader.is_alive():
+                if sample_redis:
+                    used = int(client.info("memory")["used_memory"])
+                    samples.append((time.monotonic() - start, used))
+                if rss is not None:
+                    rss.append(_rss_mb(web.pid))
+                loader.join(1.0)
+        finally:
+            client.close()
+        if not result:
+            raise BatchlineError("the load generator failed")
+        load = result[0]
+        row.accepted = row.done = load.ok
+        row.failed = load.errors
+        row.drain_s = round(load.seconds, 2)
+        row.notes.append(
+            f"{load.ok_per_s:.0f} calls/s, {load.errors} errors {load.statuses or ''}".strip()
+        )
+        return samples
+    finally:
+        lab.forget(web)
+
+
+def _rss_mb(pid: int) -> float:
+    """A process's resident set, in MB (Linux)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return math.nan
+
+
 def backlog_flood(lab: Lab, row: Row) -> None:
     """N jobs at once against a first-stage limit (BATCHLINE_MAX_BACKLOG, FLOOD_LIMIT): the
     submits past it are refused (QueueFull; 429 over HTTP) and retried after Retry-After;
@@ -829,6 +954,8 @@ def _rate(times: dict[int, tuple[float, float]]) -> float:
 
 Scenario = Callable[[Lab, Row], None]
 
+GATEWAY_SCENARIOS = {"memory-soak", "gateway-rss"}
+
 SCENARIOS: dict[str, tuple[Scenario, dict[str, str]]] = {
     "worker-sigkill": (worker_sigkill, {}),
     "rolling-sigterm": (rolling_sigterm, {}),
@@ -840,6 +967,8 @@ SCENARIOS: dict[str, tuple[Scenario, dict[str, str]]] = {
     "backlog-flood": (backlog_flood, {"BATCHLINE_MAX_BACKLOG": str(FLOOD_LIMIT)}),
     "deadlines": (deadlines, SLOW),
     "backlog-recovery": (backlog_recovery, SLOW),
+    "memory-soak": (memory_soak, ECHO),
+    "gateway-rss": (gateway_rss, ECHO),
 }
 
 
@@ -854,8 +983,9 @@ def run_scenario(name: str, timing: Timing, processes: Processes, workdir: Path)
             except Exception as exc:
                 row.error = f"{type(exc).__name__}: {exc}"
             lab.stop_workers()
-            with contextlib.suppress(BatchlineError, redis.exceptions.RedisError):
-                lab.tally(row)
+            if name not in GATEWAY_SCENARIOS:  # (echo through a gateway: no chaos counters)
+                with contextlib.suppress(BatchlineError, redis.exceptions.RedisError):
+                    lab.tally(row)
             if name == "rolling-sigterm" and row.extra_executions:
                 row.problems.append(f"{row.extra_executions} executions re-ran after SIGTERM")
     except Exception as exc:
