@@ -52,7 +52,16 @@ Scenarios, in this order:
   expires, and no expired job reaches the model;
 - ``backlog-recovery``: N jobs at once against a slower model; a worker holding entries is
   SIGKILLed while the backlog stands: its entries must be re-run within the visibility
-  timeout plus two heartbeats.
+  timeout plus two heartbeats;
+- ``chain-middle-kill`` / ``fan-branch-kill``: ``chaos_chain`` (first -> middle -> last) or
+  ``chaos_fan`` (left and right branches, then join) with one worker per stage and two more
+  of the middle stage / left branch, one of which is SIGKILLed every ``kill_every_s``;
+- ``memory-soak``: synchronous echo through a gateway (``batchline web``) at C=64 with 2.4 KB
+  bodies for 10 minutes (40 s with ``--quick``), the sync results' TTL set to 10 s
+  (``BATCHLINE_SYNC_RESULT_TTL_S``; default 60 s): Redis's used_memory must stay within 10% of
+  its median from twice the TTL on;
+- ``gateway-rss``: synchronous echo of 100 KB inputs at C=16: the gateway's RSS must stay
+  under 150 MB.
 
 Each row prints its own ``target`` beyond 0 lost and 0 duplicate results, and whether it was
 ``met`` (speed targets are measured, not asserted: ``ok`` is about correctness only).
@@ -219,6 +228,10 @@ class Lab:
         """The accepted jobs (submit_and_drain's)."""
         self.started = 0
         self.lock = threading.Lock()
+        self.stages = [STAGE]
+        """The stages of the pipeline under test (their dead letters are counted)."""
+        self.final_stage = STAGE
+        """The stage that publishes results (its ``done`` counter counts them)."""
 
     def __enter__(self) -> Lab:
         self.start_server()
@@ -356,8 +369,10 @@ class Lab:
             row.extra_executions = sum(c - 1 for c in counts if c > 1)
             published = 0
             for partition in range(self.settings.partitions):
-                published += int(client.hget(keys.stats(partition), f"{STAGE}:done") or 0)
-                row.dead_lettered += int(client.xlen(keys.dead(partition, STAGE)) or 0)
+                stats = keys.stats(partition)
+                published += int(client.hget(stats, f"{self.final_stage}:done") or 0)
+                for stage in self.stages:
+                    row.dead_lettered += int(client.xlen(keys.dead(partition, stage)) or 0)
             # Jobs may have ended after the drain limit: count the done ones now (after the
             # counter, so that one ending in between cannot look like a duplicate). A map that
             # never finished does not say which jobs ended: then only more results than jobs
@@ -555,6 +570,7 @@ def submit_and_drain(
     window: int = WINDOW,
     times: dict[int, tuple[float, float]] | None = None,
     timeout_s: float | None = None,
+    pipeline: str = PIPELINE,
 ) -> dict[int, str]:
     """Submit ``items`` over ``flow_s`` seconds (the timing's by default; at most ``window``
     unfinished), wait for every accepted job to end; the counts are added to ``row``'s.
@@ -607,7 +623,7 @@ def submit_and_drain(
                 continue
             chunk = list(items[submitted : submitted + CHUNK])
             try:
-                jobs = client.submit_many(PIPELINE, chunk, timeout_s=timeout_s)
+                jobs = client.submit_many(pipeline, chunk, timeout_s=timeout_s)
             except QueueFull as exc:
                 row.faults += 1
                 time.sleep(min(exc.retry_after, 0.1))
@@ -831,6 +847,41 @@ def _rss_mb(pid: int) -> float:
     return math.nan
 
 
+def chain_middle_kill(lab: Lab, row: Row) -> None:
+    """``chaos_chain`` (first -> middle -> last): the middle stage's workers are SIGKILLed."""
+    _stage_kill(lab, row, "chaos_chain", ["first", "middle", "last"], "middle", "last")
+
+
+def fan_branch_kill(lab: Lab, row: Row) -> None:
+    """``chaos_fan`` (left and right, then join): the left branch's workers are SIGKILLed."""
+    _stage_kill(lab, row, "chaos_fan", ["split", "left", "right", "join"], "left", "join")
+
+
+def _stage_kill(
+    lab: Lab, row: Row, pipeline: str, stages: list[str], victim: str, final: str
+) -> None:
+    """One worker of every stage of ``pipeline`` and two more of its ``victim`` stage; every
+    kill_every_s the oldest of the victim stage's own workers is SIGKILLed and another
+    started. Every job must end done, its result published once by the ``final`` stage."""
+    lab.stages = [f"{pipeline}.{stage}" for stage in stages]
+    lab.final_stage = f"{pipeline}.{final}"
+    target = f"{pipeline}.{victim}"
+    everything = lab.start_worker(target=pipeline)
+    victims = [lab.start_worker(target=target) for _ in range(2)]
+    lab.wait_ready(everything, *victims)
+
+    def kill(lab: Lab, stop: threading.Event, row: Row) -> None:
+        for _ in _every(stop, lab.timing.kill_every_s):
+            lab.kill(victims.pop(0))
+            row.faults += 1
+            victims.append(lab.start_worker(target=target))
+
+    with injecting(kill, lab, row) as stop:
+        submit_and_drain(lab, row, inputs(row.n), stop, pipeline=pipeline)
+    row.target = f"every job done despite {victim} kills"
+    row.met = row.done == row.accepted
+
+
 def backlog_flood(lab: Lab, row: Row) -> None:
     """N jobs at once against a first-stage limit (BATCHLINE_MAX_BACKLOG, FLOOD_LIMIT): the
     submits past it are refused (QueueFull; 429 over HTTP) and retried after Retry-After;
@@ -967,6 +1018,8 @@ SCENARIOS: dict[str, tuple[Scenario, dict[str, str]]] = {
     "backlog-flood": (backlog_flood, {"BATCHLINE_MAX_BACKLOG": str(FLOOD_LIMIT)}),
     "deadlines": (deadlines, SLOW),
     "backlog-recovery": (backlog_recovery, SLOW),
+    "chain-middle-kill": (chain_middle_kill, {}),
+    "fan-branch-kill": (fan_branch_kill, {}),
     "memory-soak": (memory_soak, ECHO),
     "gateway-rss": (gateway_rss, ECHO),
 }

@@ -8,6 +8,10 @@ restarting), so a job re-run after a crash shows as a count above 1; then a batc
 poison item ends the process with ``os._exit(1)`` (a crash, not an exception); then it sleeps
 ``CHAOS_BATCH_SLEEP_S`` (default 5 ms) so that a kill is likely to land mid-batch, and answers
 ``{"i": i}`` per item.
+
+``chaos_chain`` (first -> middle -> last) and ``chaos_fan`` (left and right branches, then
+join): stages that count executions as ``<stage>:<i>`` in the same hash and pass ``{"i": i}``
+on, for the scenarios that kill a middle stage or a branch.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 
 import redis
 
-from pipelines.dsl import Pipeline, stage
+from pipelines.dsl import Pipeline, fan_out, stage
 from workers.batching import batch
 
 MAX_BATCH_SIZE = 32
@@ -71,4 +75,63 @@ chaos = Pipeline(
     description="Counts every execution per input; poison inputs crash the worker (chaos only).",
 )
 
-PIPELINES = [chaos]
+
+class Step(ChaosModel):
+    """A stage of ``chaos_chain`` / ``chaos_fan``: counts executions as ``<stage>:<i>`` and
+    passes ``{"i": i}`` on (a join gets ``{branch: {"i": i}}`` and answers ``{"i": i}``)."""
+
+    def setup(self, device: str) -> None:
+        super().setup(device)
+        self.name = type(self).__name__.lower()
+
+    @batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=0.002)
+    def predict(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        values = [item if "i" in item else next(iter(item.values())) for item in items]
+        self.record([{"i": f"{self.name}:{value['i']}"} for value in values])
+        if self.sleep_s:
+            time.sleep(self.sleep_s)
+        return [{"i": value["i"]} for value in values]
+
+
+class First(Step):
+    pass
+
+
+class Middle(Step):
+    pass
+
+
+class Last(Step):
+    pass
+
+
+class Left(Step):
+    pass
+
+
+class Right(Step):
+    pass
+
+
+class Join(Step):
+    pass
+
+
+chaos_chain = Pipeline(
+    "chaos_chain",
+    stage(First, name="first"),
+    stage(Middle, name="middle"),
+    stage(Last, name="last"),
+    example={"i": 0},
+    description="Three counting stages in a chain (chaos only: its middle stage is killed).",
+)
+
+chaos_fan = Pipeline(
+    "chaos_fan",
+    fan_out(stage(Left, name="left"), stage(Right, name="right")),
+    stage(Join, name="join"),
+    example={"i": 0},
+    description="Two counting branches and their join (chaos only: a branch is killed).",
+)
+
+PIPELINES = [chaos, chaos_chain, chaos_fan]
