@@ -53,6 +53,9 @@ Scenarios, in this order:
 - ``backlog-recovery``: N jobs at once against a slower model; a worker holding entries is
   SIGKILLed while the backlog stands: its entries must be re-run within the visibility
   timeout plus two heartbeats;
+- ``gateway-kill``: N inputs over HTTP in requests of 50, each with an Idempotency-Key,
+  paced over flow_s, while the gateway is SIGKILLed every second and started again on the
+  same port; failed requests are sent again with the same key: one job per input;
 - ``chain-middle-kill`` / ``fan-branch-kill``: ``chaos_chain`` (first -> middle -> last) or
   ``chaos_fan`` (left and right branches, then join) with one worker per stage and two more
   of the middle stage / left branch, one of which is SIGKILLed every ``kill_every_s``;
@@ -86,6 +89,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import redis
 
@@ -151,6 +155,7 @@ class Timing:
     """How long scenario ``memory-soak`` loads the gateway."""
     rss_s: float = 60.0
     """How long scenario ``gateway-rss`` loads the gateway."""
+    gateway_kill_every_s: float = 1.0
 
     @classmethod
     def of(cls, quick: bool, n: int | None) -> Timing:
@@ -847,6 +852,91 @@ def _rss_mb(pid: int) -> float:
     return math.nan
 
 
+def gateway_kill(lab: Lab, row: Row) -> None:
+    """N inputs submitted over HTTP in requests of CHUNK, each with its own Idempotency-Key,
+    while the gateway is SIGKILLed every gateway_kill_every_s and started again on the same
+    port; a request that fails (connection error, 503) is sent again with the same key. Each
+    input must name one job whatever the retries, and every job must end done once."""
+    _two_workers(lab)
+    port = free_port()
+    base = f"http://{HOST}:{port}"
+    gateway = [_start_gateway(lab, port)]
+
+    def kill(lab: Lab, stop: threading.Event, row: Row) -> None:
+        for _ in _every(stop, lab.timing.gateway_kill_every_s):
+            lab.kill(gateway[0])
+            row.faults += 1
+            gateway[0] = _start_gateway(lab, port)
+
+    named: dict[int, set[str]] = {}
+    retries = 0
+    items = inputs(row.n)
+    start = time.monotonic()
+    with injecting(kill, lab, row) as stop, httpx.Client(base_url=base, timeout=10) as http:
+        for at in range(0, len(items), CHUNK):
+            pause = start + lab.timing.flow_s * at / len(items) - time.monotonic()
+            if pause > 0:  # (paced over flow_s, so that the kills meet requests)
+                time.sleep(pause)
+            chunk = items[at : at + CHUNK]
+            headers = {**JSON, "Idempotency-Key": f"chaos-{at}"}
+            while True:
+                try:
+                    answer = http.post(
+                        f"/v1/pipelines/{PIPELINE}/jobs", json={"inputs": chunk}, headers=headers
+                    )
+                except httpx.HTTPError:
+                    answer = None
+                if answer is not None and answer.status_code == 202:
+                    break
+                if answer is not None and answer.status_code not in (429, 502, 503):
+                    row.problems.append(f"a submit answered {answer.status_code}")
+                    break
+                retries += 1
+                time.sleep(0.05)
+            if answer is not None and answer.status_code == 202:
+                for item, doc in zip(chunk, answer.json(), strict=True):
+                    named.setdefault(item["i"], set()).add(doc["id"])
+        stop.set()
+    twice = [i for i, ids in named.items() if len(ids) > 1]
+    if twice:
+        row.problems.append(f"{len(twice)} inputs got two jobs across retries (e.g. i={twice[0]})")
+    lab.job_ids = sorted({job_id for ids in named.values() for job_id in ids})
+    row.accepted = len(named)
+    ended = _wait_ended(lab, lab.job_ids, start + lab.timing.drain_limit_s)
+    counts = Counter(ended.values())
+    row.done, row.failed = counts["done"], counts["failed"]
+    row.expired, row.cancelled = counts["expired"], counts["cancelled"]
+    row.lost = len(lab.job_ids) - len(ended)
+    row.drain_s = round(time.monotonic() - start, 2) if not row.lost else None
+    row.target = "one job per input across retries"
+    row.met = not twice and row.done == row.n
+    row.notes.append(f"{retries} submits sent again after a kill")
+
+
+def _start_gateway(lab: Lab, port: int) -> Child:
+    """``batchline web`` on ``port``, waited for (its /readyz answers 200)."""
+    argv = [sys.executable, "-m", "batchline", "--log-level", "WARNING", "web"]
+    child = lab.processes.start(
+        "gateway", [*argv, "--host", HOST, "--port", str(port)], lab.worker_env()
+    )
+    wait_until_ready(child, f"http://{HOST}:{port}/readyz", lambda status, _: status == 200)
+    return child
+
+
+def _wait_ended(lab: Lab, job_ids: Sequence[str], limit: float) -> dict[str, str]:
+    """The final status of each job of ``job_ids`` that ends before ``limit`` (monotonic)."""
+    ended: dict[str, str] = {}
+    with Client(lab.settings) as client:
+        while len(ended) < len(job_ids) and time.monotonic() < limit:
+            waiting = [job_id for job_id in job_ids if job_id not in ended]
+            for at in range(0, len(waiting), 1000):
+                for snapshot in client.recheck(waiting[at : at + 1000]):
+                    ended[snapshot.job_id] = snapshot.status.value
+            if len(ended) < len(job_ids):
+                time.sleep(0.2)
+    return ended
+
+
 def chain_middle_kill(lab: Lab, row: Row) -> None:
     """``chaos_chain`` (first -> middle -> last): the middle stage's workers are SIGKILLed."""
     _stage_kill(lab, row, "chaos_chain", ["first", "middle", "last"], "middle", "last")
@@ -1018,6 +1108,7 @@ SCENARIOS: dict[str, tuple[Scenario, dict[str, str]]] = {
     "backlog-flood": (backlog_flood, {"BATCHLINE_MAX_BACKLOG": str(FLOOD_LIMIT)}),
     "deadlines": (deadlines, SLOW),
     "backlog-recovery": (backlog_recovery, SLOW),
+    "gateway-kill": (gateway_kill, {}),
     "chain-middle-kill": (chain_middle_kill, {}),
     "fan-branch-kill": (fan_branch_kill, {}),
     "memory-soak": (memory_soak, ECHO),
