@@ -204,6 +204,7 @@ def test_every_end_is_delivered_signed_with_retries_and_recorded(
     with Client(hook_settings) as client:
         cancelled = client.submit("t_gate", {"x": 3}, webhook=hook)  # no worker yet
         cancelled.cancel()
+        expired = client.submit("t_gate", {"x": 8}, webhook=hook, timeout_s=0.001)
         processes.notifier()
         done = client.submit("t_gate", {"x": 1}, webhook=hook)
         failed = client.submit("t_gate", {"x": 2, "fail": True}, webhook=hook)
@@ -213,7 +214,7 @@ def test_every_end_is_delivered_signed_with_retries_and_recorded(
         with pytest.raises(ValueError, match="http"):
             client.submit("t_gate", {"x": 7}, webhook="file:///etc/passwd")
         workers.start("t_gate", settings=hook_settings)
-        for job in (done, failed, down, refused_job, plain):
+        for job in (done, failed, expired, down, refused_job, plain):
             job.wait(timeout=30)
     assert not redis_client.hexists(KEYS.job(plain.id), "webhook")
     wait_until(lambda: pending(redis_client) == 0, 30, "the notifier handed every end to rq")
@@ -224,14 +225,15 @@ def test_every_end_is_delivered_signed_with_retries_and_recorded(
         done.id: "done",
         failed.id: "failed",
         cancelled.id: "cancelled",
+        expired.id: "expired",
     }
     assert delivered[done.id]["result"] == {"x": 1, "y": 2}
     for path, headers, body, _ in receiver.requests:
         assert verify(body, headers[HEADER], SECRET), path
         assert not verify(body, headers[HEADER], "wrong")
-    hooked = [done.id, failed.id, cancelled.id]
+    hooked = [done.id, failed.id, cancelled.id, expired.id]
     docs = {job_id: document(redis_client, job_id)["webhook"] for job_id in hooked}
-    assert sum(doc["attempts"] for doc in docs.values()) == 3 + 2  # the receiver failed 2
+    assert sum(doc["attempts"] for doc in docs.values()) == 4 + 2  # the receiver failed 2
     assert all(doc["last_status"] == "200" and doc["final"] for doc in docs.values())
     gave_up = document(redis_client, down.id)["webhook"]
     assert gave_up == {
