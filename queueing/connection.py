@@ -89,6 +89,8 @@ def connect(settings: Settings, **options: Any) -> SyncRedis:
 
 ASYNC_POOL_SIZE = 64
 """Connections one asyncio client opens at most (more callers wait for one)."""
+CLUSTER_POOL_SIZE = 1024
+"""Connections one asyncio cluster client opens at most to each node."""
 
 
 def connect_async(settings: Settings, **options: Any) -> AsyncRedis:
@@ -97,7 +99,9 @@ def connect_async(settings: Settings, **options: Any) -> AsyncRedis:
     options = _timeouts(settings, options)
     url = _url(settings)
     if is_cluster(url):
-        options.setdefault("max_connections", ASYNC_POOL_SIZE)  # (per node)
+        # Per node, and not a waiting pool (past it a command fails): a worker holds a blocking
+        # read per stage and partition, so it needs more than a plain client.
+        options.setdefault("max_connections", CLUSTER_POOL_SIZE)
         return redis.asyncio.cluster.RedisCluster.from_url(url, **options)
     # Past its size, redis-py's default pool raises "Too many connections"; a blocking pool
     # makes a burst of requests (a gateway at high concurrency) wait for a connection instead.

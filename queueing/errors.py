@@ -5,6 +5,7 @@
     BatchlineError
     ├── ConfigError            a setting has a bad value (the message names the variable)
     ├── BrokerUnavailable      Redis cannot be reached (wraps redis-py's connection errors)
+    │   └── PartiallyQueued    some inputs of a submit_many queued, others not (a cluster)
     ├── NotDurable             a durable submit was queued but the server did not fsync it
     ├── DecodeError            a stream entry or payload cannot be decoded
     ├── UnknownPipeline        no pipeline of that name is registered
@@ -34,8 +35,28 @@ class BrokerUnavailable(BatchlineError, ConnectionError):
     """Redis cannot be reached."""
 
 
+class PartiallyQueued(BrokerUnavailable):
+    """A ``submit_many`` whose inputs span partitions (idempotency keys) in a cluster: some
+    partitions' masters took their inputs, another was unreachable. ``queued`` maps the index
+    of each input queued to its job id; ``failed`` lists the indexes of those not queued
+    (nothing of them was written: each partition's share is all or none)."""
+
+    def __init__(self, queued: dict[int, str], failed: list[int], cause: Exception) -> None:
+        super().__init__(
+            f"{len(queued)} inputs queued, {len(failed)} not (their partition's master is "
+            f"unreachable: {cause}); failed input indexes: {failed[:20]}"
+        )
+        self.queued = queued
+        self.failed = failed
+
+
 class NotDurable(BatchlineError):
-    """A durable submit was queued, but the server did not confirm it is on disk."""
+    """A durable submit was queued, but the server did not confirm it is on disk (or, in a
+    cluster, on a replica). ``job_ids``: the jobs that call queued (they run as usual)."""
+
+    def __init__(self, message: str, job_ids: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.job_ids = job_ids or []
 
 
 class DecodeError(BatchlineError, ValueError):
@@ -79,8 +100,7 @@ class BrokerFull(BatchlineError):
 
     def __init__(self, detail: str, retry_after: float = 1.0) -> None:
         super().__init__(
-            f"Redis is out of memory ({detail}); nothing was queued, retry after "
-            f"{retry_after:g}s"
+            f"Redis is out of memory ({detail}); nothing was queued, retry after {retry_after:g}s"
         )
         self.retry_after = retry_after
 

@@ -303,7 +303,10 @@ class EmbeddedCluster:
 
     def _spawn(self, node: ClusterNode) -> None:
         node.process = subprocess.Popen(
-            self.command(node), stdin=subprocess.DEVNULL, start_new_session=True
+            self.command(node),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,  # (it logs to its logfile)
+            start_new_session=True,
         )
 
     def _wait_answers(self, node: ClusterNode, limit: float) -> None:
@@ -370,6 +373,12 @@ class EmbeddedCluster:
                     port = int(master[1])
                     return next(n for n in self.nodes if n.port == port)
         raise BatchlineError(f"no live node serves {key!r}")
+
+    def restart(self, node: ClusterNode, timeout: float = 30.0) -> None:
+        """Start a stopped node again (same port, same data): it rejoins the cluster, as a
+        replica of whoever took over its slots."""
+        self._spawn(node)
+        self._wait_answers(node, time.monotonic() + timeout)
 
     def kill(self, node: ClusterNode) -> None:
         """SIGKILL one node, as a crash would."""

@@ -223,8 +223,10 @@ class _Moved(Exception):
     """The server dropped a subscription (its slot moved to another master)."""
 
 
-_LOST: tuple[type[Exception], ...] = (*REDIS_DOWN, _Moved)
-"""What ends a subscription: an outage, or the server dropping it."""
+_LOST: tuple[type[Exception], ...] = (*REDIS_DOWN, _Moved, redis.exceptions.RedisError)
+"""What ends a subscription: an outage, the server dropping it, or an error answer (redis-py
+resubscribing by itself after a reconnection, with channels of several slots in one SSUBSCRIBE,
+which a cluster refuses): each is followed by a fresh subscription, channel by channel."""
 
 
 class Listener:

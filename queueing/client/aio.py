@@ -8,6 +8,7 @@ drifted): write the client here, in a shape that stays true without ``async``/``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -21,7 +22,7 @@ from queueing.client.core import SUBMIT_CHUNK, Core, SubmitPlan
 from queueing.client.retry import Attempt, Backoff, outage_log
 from queueing.cluster import node_connection_async
 from queueing.connection import REDIS_DOWN, broker_errors, connect_async
-from queueing.errors import JobError, ResultTimeout, UnknownJob
+from queueing.errors import BrokerUnavailable, JobError, ResultTimeout, UnknownJob
 from queueing.jobs import JobRecord, JobStatus, Snapshot
 from queueing.message import decode_result
 from queueing.registry import PipelineSpec, lookup, parse_registry
@@ -254,31 +255,43 @@ class AsyncClient:
 
         Sent again after an outage, the calls say so: a job an earlier attempt queued (its
         reply was lost) is answered as existing, not queued twice."""
+        if isinstance(self.redis, redis.asyncio.cluster.RedisCluster):
+            # A cluster pipeline runs no scripts: one call per partition, each atomic on its
+            # master; a master that stays unreachable fails its calls only.
+            replies: list[Any] = []
+            for call in plan.calls:
+                try:
+                    replies.append(await self._send_to_master(call))
+                except BrokerUnavailable as exc:
+                    replies.append(exc)
+            return plan.results(replies)
         async for attempt in self._attempts():
             with attempt:
-                if self.core.waitaof and isinstance(self.redis, redis.asyncio.cluster.RedisCluster):
-                    replies = []
-                    for call in plan.calls:
-                        replies.append(await self._submit_replicated(call, attempt.retry))
-                elif len(plan.calls) == 1:  # the usual case: no pipeline, no SCRIPT EXISTS first
+                if len(plan.calls) == 1:  # the usual case: no pipeline, no SCRIPT EXISTS first
                     keys, args = plan.calls[0].pack(retry=attempt.retry)
                     replies = [await self._submit(keys=keys, args=args)]
                 else:
-                    pipe: Any = self.redis.pipeline(transaction=False)
+                    pipe = self.redis.pipeline(transaction=False)
                     for call in plan.calls:
                         keys, args = call.pack(retry=attempt.retry)
                         await self._submit(keys=keys, args=args, client=pipe)
                     replies = await pipe.execute(raise_on_error=False)
-                    for index, reply in enumerate(replies):
-                        if isinstance(reply, REDIS_DOWN):  # (a server loading its data, say)
+                    for reply in replies:  # (a server loading its data answers each call so)
+                        if isinstance(reply, REDIS_DOWN):
                             raise reply
-                        if isinstance(reply, redis.exceptions.NoScriptError):
-                            # A cluster master that has not seen the script yet (a pipeline
-                            # cannot load it first there): the call did not run; run it alone.
-                            keys, args = plan.calls[index].pack(retry=attempt.retry)
-                            replies[index] = await self._submit(keys=keys, args=args)
                 await self._wait_for_aof()
         return plan.results(replies)
+
+    async def _send_to_master(self, call: SubmitCall) -> Any:
+        """One SUBMIT call in a cluster, retried through a failover of its master."""
+        async for attempt in self._attempts():
+            with attempt:
+                if self.core.waitaof:
+                    reply = await self._submit_replicated(call, attempt.retry)
+                else:
+                    keys, args = call.pack(retry=attempt.retry)
+                    reply = await self._submit(keys=keys, args=args)
+        return reply
 
     async def _wait_for_aof(self) -> None:
         """A durable submit on a standalone server: WAITAOF (a cluster's waits for a replica
@@ -305,9 +318,16 @@ class AsyncClient:
         except redis.exceptions.AskError as exc:  # (MOVED too)
             await self.redis.nodes_manager.initialize()
             raise redis.exceptions.TryAgainError(f"the partition moved: {exc}") from exc
+        except REDIS_DOWN:
+            # The master may be gone (a failover): a keyed read through the cluster client
+            # (which follows a failover by itself) refreshes its view of the slots, so the
+            # retry connects to the promoted replica.
+            with contextlib.suppress(*REDIS_DOWN, redis.exceptions.RedisClusterException):
+                await self.redis.exists(keys[0])
+            raise
         finally:
             await master.aclose()
-        self.core.check_replicated(replicas)
+        self.core.check_replicated(replicas, call)
         return reply
 
     async def job(self, job_id: str) -> AsyncJob:

@@ -24,9 +24,11 @@ import redis.exceptions
 from queueing.connection import is_unknown_command
 from queueing.errors import (
     BatchlineError,
+    BrokerUnavailable,
     ConfigError,
     IdempotencyConflict,
     NotDurable,
+    PartiallyQueued,
     QueueFull,
     UnknownJob,
 )
@@ -174,8 +176,13 @@ class SubmitPlan:
         for number, request in enumerate(self._requests):
             ids: list[tuple[str, bool]] = []
             error: Exception | None = None
-            for call_index, group_index, position in request.places:
+            unreachable: list[int] = []
+            for index, (call_index, group_index, position) in enumerate(request.places):
                 reply = replies[call_index]
+                if isinstance(reply, BrokerUnavailable):  # (a cluster: that master only)
+                    error = error or reply
+                    unreachable.append(index)
+                    continue
                 if isinstance(reply, Exception):
                     error = reply
                     break
@@ -194,6 +201,12 @@ class SubmitPlan:
                 ids.append(
                     (answer[2 + 2 * position].decode(), answer[1 + 2 * position] == b"queued")
                 )
+            if unreachable and ids and len(ids) + len(unreachable) == len(request.places):
+                assert error is not None
+                missing = set(unreachable)
+                queued = [i for i in range(len(request.places)) if i not in missing]
+                done = {i: job_id for i, (job_id, _) in zip(queued, ids, strict=True)}
+                error = PartiallyQueued(done, unreachable, error)
             out.append(error if error is not None else ids)
         return out
 
@@ -278,11 +291,12 @@ class Core:
                 "the job is queued, but not known to be on disk"
             )
 
-    def check_replicated(self, replicas: int) -> None:
+    def check_replicated(self, replicas: int, call: SubmitCall) -> None:
         if int(replicas) < 1:
             raise NotDurable(
                 "no replica of the partition's master acknowledged the submit within 5 s: the "
-                "job is queued, but a failover of that master before it replicates loses it"
+                "job is queued, but a failover of that master before it replicates loses it",
+                [job.id for group in call.groups for job in group],
             )
 
     def waitaof_failed(self, exc: redis.exceptions.ResponseError) -> None:

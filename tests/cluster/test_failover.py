@@ -1,0 +1,107 @@
+"""A master SIGKILLed under load, with a replica per master: the replica is promoted, the
+client, the workers and their waits follow it, and with durable submits (WAIT for a replica)
+no accepted job is lost.
+
+While the promoted master has no replica (its old master is down), a durable submit to its
+partitions raises NotDurable: the job is queued there, but nothing would survive a second
+failure. Once the old master is back (as the new one's replica), they are durable again."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from queueing.client import Client
+from queueing.errors import BatchlineError, NotDurable
+from queueing.keys import Keys, partition_of
+from queueing.server import EmbeddedCluster
+from queueing.settings import Settings
+from tests.cluster.conftest import PARTITIONS, wait_served
+from tests.conftest import start_worker
+
+
+def test_a_master_killed_under_load_loses_no_durably_accepted_job(
+    replicated: EmbeddedCluster,
+) -> None:
+    settings = Settings(
+        redis_url=replicated.url,
+        partitions=PARTITIONS,
+        visibility_timeout_s=2.0,
+        block_ms=200,
+        durable_submit=True,
+        retry_s=30.0,
+        pipelines=("pipelines.examples.echo",),
+    )
+    workers = [start_worker(settings, "echo", BATCHLINE_DEVICE="cpu") for _ in range(2)]
+    accepted: list[tuple[str, int]] = []
+    accepted_at: list[float] = []
+    refused: list[str] = []
+    unreplicated: list[tuple[str, int]] = []
+    stop = threading.Event()
+
+    def load(client: Client) -> None:
+        n = 0
+        while not stop.is_set():
+            try:
+                job = client.submit("echo", n)
+            except NotDurable as exc:  # (queued, without a replica: it must still end)
+                unreplicated.append((exc.job_ids[0], n))
+            except BatchlineError as exc:  # (refused: the caller knows it was not accepted)
+                refused.append(type(exc).__name__)
+            else:
+                accepted.append((job.id, n))
+                accepted_at.append(time.monotonic())
+            n += 1
+
+    try:
+        wait_served(settings, ["echo"], *workers)
+        with Client(settings) as client:
+            submitter = threading.Thread(target=load, args=(client,))
+            submitter.start()
+            time.sleep(1.5)
+            victim = replicated.master_of(Keys().stats(0))
+            before = len(accepted)
+            killed_at = time.monotonic()
+            replicated.kill(victim)
+            limit = killed_at + 30
+            while not replicated.healthy():
+                assert time.monotonic() < limit, "no replica was promoted"
+                time.sleep(0.05)
+            promoted_s = time.monotonic() - killed_at
+            # The old master comes back as the promoted one's replica: durable submits to its
+            # partitions are accepted again.
+            replicated.restart(victim)
+            while not any(
+                partition_of(job_id) == 0 and at > killed_at
+                for (job_id, _), at in zip(accepted, accepted_at, strict=False)
+            ):
+                assert time.monotonic() < limit, "partition 0 never took a durable submit again"
+                time.sleep(0.05)
+            recovered_s = min(
+                at - killed_at
+                for (job_id, _), at in zip(accepted, accepted_at, strict=False)
+                if partition_of(job_id) == 0 and at > killed_at
+            )
+            time.sleep(1.0)
+            stop.set()
+            submitter.join(60)
+            after = len(accepted) - before
+            lost = []
+            for job_id, n in accepted + unreplicated:
+                try:
+                    assert client.job(job_id).result(timeout=60) == n
+                except BatchlineError as exc:
+                    lost.append((job_id, type(exc).__name__))
+            print(
+                f"\nfailover: accepted {len(accepted)} ({after} after the kill), queued without "
+                f"a replica {len(unreplicated)}, refused {len(refused)} {sorted(set(refused))}, "
+                f"lost {len(lost)}; replica promoted in {promoted_s:.2f} s; the killed "
+                f"partition took durable submits again after {recovered_s:.2f} s"
+            )
+            assert lost == []
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.wait(30)
