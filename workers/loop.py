@@ -158,6 +158,7 @@ class StageLoop:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             self._executor.shutdown(wait=False)
+            await self.queue.close()
 
     async def _read_loop(self, stop: asyncio.Event) -> None:
         """Fill the inbox: first this consumer's own pending entries (a restart under the
