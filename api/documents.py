@@ -67,6 +67,7 @@ def pipeline_document(spec: PipelineSpec, view: Overview) -> dict[str, Any]:
         "max_backlog": spec.max_backlog,
         "backlog": entry.backlog if entry else 0,
         "workers": sorted({w for stage in stages for w in stage["workers"]}),
+        **({"nodes": view.nodes} if view.nodes else {}),
     }
 
 

@@ -19,6 +19,7 @@ from api.batcher import SubmitBatcher
 from api.metrics import Metrics
 from api.submission import SchemaChecker, Submission
 from queueing.client import AsyncClient, AsyncJob
+from queueing.cluster import layout
 from queueing.connection import broker_errors
 from queueing.errors import BrokerUnavailable, ResultTimeout, UnknownJob
 from queueing.jobs import JobStatus, Snapshot
@@ -84,6 +85,10 @@ class Gateway:
         specs = await self.client.pipelines(refresh=True)
         self._registry_read_at = time.monotonic()
         return sorted(specs)
+
+    def nodes(self) -> dict[str, list[int]]:
+        """In a Redis Cluster, each master and the partitions it holds (empty otherwise)."""
+        return layout(self.client.redis, self.settings.partitions)
 
     # -- jobs --------------------------------------------------------------------------------
 

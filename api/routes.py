@@ -256,7 +256,10 @@ async def readyz(request: Request, gateway: GatewayDep) -> Response:
         raise NotReady("no pipeline is registered yet: start a worker, or run `batchline register`")
     if not _sees_operations(request):
         return JSONResponse({"status": "ready"})
-    return JSONResponse({"status": "ready", "pipelines": pipelines})
+    nodes = gateway.nodes()
+    return JSONResponse(
+        {"status": "ready", "pipelines": pipelines, **({"nodes": nodes} if nodes else {})}
+    )
 
 
 @ops.get(

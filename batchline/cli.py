@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from batchline import bulk, deploy, dlq, notifier
@@ -94,6 +95,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         if any(stage.needs_device for stage in stages) and settings.device != "cpu":
             preload_torch()
+
         def make(name: str) -> Worker:
             named = settings.replace(worker_name=name)
             return Worker(list(topologies.values()), stages, named, burst=args.burst)
@@ -159,6 +161,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     from batchline.up import run_up
 
     settings = _settings(args)
+    if args.cluster and settings.partitions == 1:
+        settings = settings.replace(partitions=2 * args.cluster)  # (two per master)
     topologies = load_topologies(settings, runnable=True)
     return run_up(
         settings,
@@ -166,6 +170,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         port=args.port,
         topologies=topologies,
         workers=args.workers,
+        cluster=args.cluster,
         publish=lambda resolved: publish_topologies(resolved, topologies),
     )
 
@@ -190,11 +195,20 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    from queueing.server import EmbeddedServer
+    from queueing.server import EmbeddedCluster, EmbeddedServer
 
     settings = _settings(args)
-    server = EmbeddedServer(args.data_dir or settings.data_dir, settings.redis_server).start()
-    print(f"REDIS_URL={server.url}", flush=True)
+    data_dir = Path(args.data_dir or settings.data_dir)
+    server: EmbeddedServer | EmbeddedCluster
+    if args.cluster:
+        partitions = settings.partitions if settings.partitions > 1 else 2 * args.cluster
+        server = EmbeddedCluster(
+            data_dir / "cluster", settings.redis_server, masters=args.cluster, partitions=partitions
+        ).start()
+        print(f"REDIS_URL={server.url} BATCHLINE_PARTITIONS={partitions}", flush=True)
+    else:
+        server = EmbeddedServer(data_dir, settings.redis_server).start()
+        print(f"REDIS_URL={server.url}", flush=True)
     stopping = False
 
     def stop(*_: Any) -> None:
@@ -204,7 +218,7 @@ def cmd_server(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        while not stopping and server.process is not None and server.process.poll() is None:
+        while not stopping and server.running():
             time.sleep(0.2)
     finally:
         server.stop()
@@ -244,6 +258,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    if view.nodes:
+        print(f"\ncluster masters: {len(view.nodes)}")
+        for node, partitions in sorted(view.nodes.items()):
+            print(f"  {node}: partitions {', '.join(map(str, partitions))}")
     print(f"\nlive workers: {len(view.workers)}")
     for name, doc in sorted(view.workers.items()):
         print(f"  {name}: {', '.join(doc.get('stages', []))} on {doc.get('device', '?')}")
@@ -267,6 +285,13 @@ def parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=default_port, help="gateway port (default 8000)")
+    up.add_argument(
+        "--cluster",
+        type=int,
+        default=0,
+        metavar="MASTERS",
+        help="an embedded Redis Cluster of that many masters instead of one server",
+    )
     add_workers_option(up)
     common(up)
     up.set_defaults(run=cmd_up)
@@ -305,6 +330,13 @@ def parser() -> argparse.ArgumentParser:
 
     server = sub.add_parser("server", help="run the embedded Redis server in the foreground")
     server.add_argument("--data-dir", help="socket and AOF folder (default .batchline)")
+    server.add_argument(
+        "--cluster",
+        type=int,
+        default=0,
+        metavar="MASTERS",
+        help="run an embedded Redis Cluster of that many masters (loopback ports) instead",
+    )
     server.set_defaults(run=cmd_server)
 
     status = sub.add_parser("status", help="backlog, counters and live workers per stage")

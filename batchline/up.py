@@ -38,10 +38,11 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 from queueing.errors import BatchlineError, ConfigError
-from queueing.server import EmbeddedServer
+from queueing.server import EmbeddedCluster, EmbeddedServer
 from queueing.settings import Settings
 
 STOP_GRACE_S = 15.0
@@ -233,11 +234,14 @@ def run_up(
     topologies: Mapping[str, Any],
     publish: Any,
     workers: str = DEFAULT_WORKERS,
+    cluster: int = 0,
 ) -> int:
     """Run everything until Ctrl-C / SIGTERM (0) or until a child exits on its own (1).
 
     ``topologies`` are the compiled pipelines by name; ``publish(settings)`` writes them to
-    the registry (handed in by the CLI, which owns loading them)."""
+    the registry (handed in by the CLI, which owns loading them). ``cluster``: instead of one
+    embedded server, an embedded Redis Cluster of that many masters (no replicas), which is
+    not restarted if a node dies."""
     processes = worker_processes(topologies, workers)
     output = Output(width=max([8, *(len(name) for name, _ in processes)]))
     stopping = threading.Event()
@@ -249,11 +253,25 @@ def run_up(
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     server: EmbeddedServer | None = None
+    nodes: EmbeddedCluster | None = None
     keeper: ServerKeeper | None = None
     supervisor: Supervisor | None = None
     code = 0
     try:
-        if not settings.redis_url:
+        if not settings.redis_url and cluster:
+            nodes = EmbeddedCluster(
+                Path(settings.data_dir) / "cluster",
+                settings.redis_server,
+                masters=cluster,
+                partitions=settings.partitions,
+            ).start()
+            settings = settings.replace(redis_url=nodes.url)
+            output.line(
+                "redis",
+                f"embedded cluster of {cluster} masters at {nodes.url} "
+                f"(BATCHLINE_PARTITIONS={settings.partitions}; data in {nodes.data_dir})",
+            )
+        elif not settings.redis_url:
             server = start_embedded(settings, output)
             keeper = ServerKeeper(server, output)
             settings = settings.replace(redis_url=server.url)
@@ -264,6 +282,7 @@ def run_up(
             {
                 "REDIS_URL": settings.redis_url or "",
                 "BATCHLINE_PIPELINES": ",".join(settings.pipelines),
+                "BATCHLINE_PARTITIONS": str(settings.partitions),
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -302,6 +321,9 @@ def run_up(
         if server is not None:
             server.stop()
             output.line("redis", "embedded server stopped (its AOF keeps what is queued)")
+        if nodes is not None:
+            nodes.stop()
+            output.line("redis", "embedded cluster stopped (its AOFs keep what is queued)")
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         output.line("up", "stopped")

@@ -34,13 +34,14 @@ REDIS_DOWN: tuple[type[Exception], ...] = (
     OSError,
     redis.exceptions.ClusterDownError,
     redis.exceptions.TryAgainError,
-    redis.exceptions.SlotNotCoveredError,
     redis.exceptions.ClusterError,
+    redis.exceptions.RedisClusterException,  # (SlotNotCoveredError; "cannot be connected")
 )
 """What redis-py raises when Redis cannot serve a command for now: it is down, restarting,
 unreachable (socket errors and timeouts are OSErrors), or still loading its dataset at start-up
 (``BusyLoadingError`` is a ``ConnectionError``); in a cluster, also while a master fails over
-(CLUSTERDOWN, an uncovered slot, redis-py's routing giving up) or a slot migrates (TRYAGAIN).
+(CLUSTERDOWN, an uncovered slot, no node reachable, redis-py's routing giving up) or a slot
+migrates (TRYAGAIN).
 Retry these; anything else is a real error."""
 
 REDIS_FULL: tuple[type[Exception], ...] = (redis.exceptions.OutOfMemoryError,)

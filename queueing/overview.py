@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from queueing.cluster import AsyncRedis
+from queueing.cluster import AsyncRedis, layout
 from queueing.keys import Keys
 from queueing.message import loads
 from queueing.registry import PipelineSpec, parse_registry
@@ -34,6 +34,9 @@ class Overview:
     stages: dict[str, StageStats]
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Live consumers: name -> what they run (stages, pid, host, device, last_seen)."""
+    nodes: dict[str, list[int]] = field(default_factory=dict)
+    """In a Redis Cluster, each master (``host:port``) and the partitions it holds; empty for
+    a standalone server."""
 
 
 async def overview(client: AsyncRedis, settings: Settings) -> Overview:
@@ -76,4 +79,4 @@ async def overview(client: AsyncRedis, settings: Settings) -> Overview:
             counters={what: counters.get(f"{name}:{what}", 0) for what in COUNTERS},
             workers=sorted(w for w, doc in workers.items() if name in doc.get("stages", ())),
         )
-    return Overview(specs, stages, workers)
+    return Overview(specs, stages, workers, layout(client, settings.partitions))

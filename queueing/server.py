@@ -8,6 +8,7 @@ The binary is, in order: the one named by ``BATCHLINE_REDIS_SERVER``, the one th
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -100,6 +101,9 @@ class EmbeddedServer:
     def poll(self) -> int | None:
         """The exit status once the process has ended (stopped, or died), else None."""
         return None if self.process is None else self.process.poll()
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def command(self) -> list[str]:
         return [
@@ -268,18 +272,34 @@ class EmbeddedCluster:
         ]
 
     def start(self, timeout: float = 30.0) -> EmbeddedCluster:
-        from queueing.cluster import balanced_slot_ranges
-
+        """Start the nodes. A folder that held this cluster before (``ports.json``, each node's
+        ``nodes.conf`` and AOF) starts it again as it was, on the same ports, with its data;
+        otherwise a new cluster is formed."""
         count = self.masters * (1 + self.replicas)
+        ports_file = self.data_dir / "ports.json"
+        known = json.loads(ports_file.read_text()) if ports_file.exists() else None
+        again = known is not None and len(known) == count
         for index in range(count):
             node_dir = self.data_dir / f"node-{index}"
             node_dir.mkdir(parents=True, exist_ok=True)
-            self.nodes.append(ClusterNode(free_port(), free_port(), node_dir))
+            port, bus_port = known[index] if again and known else (free_port(), free_port())
+            self.nodes.append(ClusterNode(port, bus_port, node_dir))
         for node in self.nodes:
             self._spawn(node)
         limit = time.monotonic() + timeout
         for node in self.nodes:
             self._wait_answers(node, limit)
+        if again:
+            self._wait(limit, self.healthy)
+            return self
+        self._form(count, limit)
+        ports_file.write_text(json.dumps([[n.port, n.bus_port] for n in self.nodes]))
+        return self
+
+    def _form(self, count: int, limit: float) -> None:
+        """Assign the slots, join the nodes, make the replicas, wait for ``cluster_state:ok``."""
+        from queueing.cluster import balanced_slot_ranges
+
         first = self.nodes[0].client()
         try:
             ranges = balanced_slot_ranges(self.masters, self.partitions)
@@ -299,7 +319,6 @@ class EmbeddedCluster:
             self._wait(limit, self.healthy)
         finally:
             first.close()
-        return self
 
     def _spawn(self, node: ClusterNode) -> None:
         node.process = subprocess.Popen(
@@ -379,6 +398,10 @@ class EmbeddedCluster:
         replica of whoever took over its slots."""
         self._spawn(node)
         self._wait_answers(node, time.monotonic() + timeout)
+
+    def running(self) -> bool:
+        """Every node runs."""
+        return bool(self.nodes) and all(node.alive() for node in self.nodes)
 
     def kill(self, node: ClusterNode) -> None:
         """SIGKILL one node, as a crash would."""
