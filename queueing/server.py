@@ -393,6 +393,38 @@ class EmbeddedCluster:
                     return next(n for n in self.nodes if n.port == port)
         raise BatchlineError(f"no live node serves {key!r}")
 
+    def migrate(self, slot: int, target: ClusterNode, batch: int = 100) -> int:
+        """Move ``slot`` to ``target`` the way ``valkey-cli --cluster reshard`` does (IMPORTING
+        and MIGRATING, MIGRATE of its keys in batches, then SETSLOT NODE everywhere), while
+        clients go on using it. Returns the number of keys moved."""
+        source = next(n for n in self.nodes if n.alive() and slot in self._slots_of(n))
+        source_id, target_id = self._node_id(source), self._node_id(target)
+        moved = 0
+        with contextlib.closing(source.client()) as src, contextlib.closing(target.client()) as dst:
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+            while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch):
+                src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+                moved += len(keys)
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        for node in self.nodes:
+            if node.alive() and node not in (source, target):
+                with contextlib.closing(node.client()) as other, contextlib.suppress(*REDIS_DOWN):
+                    other.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        return moved
+
+    @staticmethod
+    def _slots_of(node: ClusterNode) -> set[int]:
+        """The slots ``node`` serves as a master (empty for a replica)."""
+        with contextlib.closing(node.client()) as client:
+            shards: Any = client.execute_command("CLUSTER", "SLOTS")
+        mine: set[int] = set()
+        for low, high, master, *_ in shards:
+            if int(master[1]) == node.port:
+                mine.update(range(int(low), int(high) + 1))
+        return mine
+
     def restart(self, node: ClusterNode, timeout: float = 30.0) -> None:
         """Start a stopped node again (same port, same data): it rejoins the cluster, as a
         replica of whoever took over its slots."""
