@@ -15,7 +15,8 @@ both ran, e.g. ``python -m bench echo-client mlp-client http-echo-sync http-mlp-
 Redis CPU is metered per node process (``/proc``, as every hop's CPU: ``redis@<port>`` in the
 JSON, ``redis`` the sum over the nodes). After each run: which master holds which partitions
 (:func:`queueing.cluster.layout`) and how many items each partition's stage finished (the
-``:done`` counters of its stats hash, warm-up and c1 pass included). Derived figures: all nodes'
+``:done`` counters of its stats hash, warm-up and c1 pass included) and each master's command
+calls (``INFO commandstats``, JSON only: what makes one node busier). Derived figures: all nodes'
 Redis CPU per item against the standalone server's, the busiest node's share of the Redis CPU
 and of the items (an even spread is 1/3), and partitions per master.
 
@@ -137,7 +138,9 @@ class ClusterContext(PartitionedContext):
 
 
 def balance(client: redis.cluster.RedisCluster, namespace: str, partitions: int) -> dict[str, Any]:
-    """Per master (``host:port``): its partitions and the items their stages finished."""
+    """Per master (``host:port``): its partitions, the items their stages finished, and the
+    calls of each command it served (``INFO commandstats``: the whole scenario, set-up
+    included)."""
     keys = Keys(namespace)
     done = {}
     for partition in range(partitions):
@@ -145,8 +148,19 @@ def balance(client: redis.cluster.RedisCluster, namespace: str, partitions: int)
         done[partition] = sum(
             int(n) for name, n in counters.items() if name.decode().endswith(":done")
         )
+    calls: dict[str, dict[str, int]] = {}
+    for node in client.get_primaries():
+        stats: Any = client.info("commandstats", target_nodes=node)
+        calls[str(node.name)] = {
+            name.removeprefix("cmdstat_"): int(value["calls"])
+            for name, value in sorted(stats.items(), key=lambda kv: -int(kv[1]["calls"]))
+        }
     return {
-        master: {"partitions": owned, "items_done": sum(done[p] for p in owned)}
+        master: {
+            "partitions": owned,
+            "items_done": sum(done[p] for p in owned),
+            "commands": calls.get(master, {}),
+        }
         for master, owned in sorted(layout(client, partitions).items())
     }
 
