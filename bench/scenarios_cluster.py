@@ -237,6 +237,21 @@ def _busiest_share(name: str, what: str) -> Derived:
     )
 
 
+def _busiest_node_us(name: str) -> Derived:
+    def compute(results: Mapping[str, Result]) -> float | None:
+        per_item = results[name].extra.get("cpu_us_per_item", {})
+        nodes = [us for node, us in per_item.items() if node.startswith(NODE)]
+        return max(nodes) if nodes else None
+
+    return Derived(
+        "Redis CPU per item, busiest node",
+        (name,),
+        compute,
+        unit="µs",
+        formula="max over the nodes of their CPU seconds during the throughput pass / items",
+    )
+
+
 def _partitions_per_master(name: str) -> Derived:
     def compute(results: Mapping[str, Result]) -> float | None:
         owned = [len(m["partitions"]) for m in results[name].extra["cluster"]["balance"].values()]
@@ -254,6 +269,7 @@ def _partitions_per_master(name: str) -> Derived:
 def _cluster_figures(name: str, reference: str) -> list[Derived]:
     return [
         _redis_ratio(name, reference),
+        _busiest_node_us(name),
         _busiest_share(name, "cpu"),
         _busiest_share(name, "items"),
         _partitions_per_master(name),
