@@ -139,15 +139,22 @@ class StageQueue:
         not block). ``own_pending`` re-reads what this consumer holds already (after a
         restart under the same name)."""
         since = "0" if own_pending else ">"
-        if self._sharded:
-            return await self._read_sharded(count, block_ms, since)
-        reply: Any = await self.redis.xreadgroup(
-            self.group,
-            self.consumer,
-            {stream: since for stream in self._streams},
-            count=count,
-            block=None if own_pending else block_ms,
-        )
+        try:
+            if self._sharded:
+                return await self._read_sharded(count, block_ms, since)
+            reply: Any = await self.redis.xreadgroup(
+                self.group,
+                self.consumer,
+                {stream: since for stream in self._streams},
+                count=count,
+                block=None if own_pending else block_ms,
+            )
+        except redis.exceptions.ResponseError as exc:
+            if not str(exc).startswith("UNBLOCKED"):
+                raise
+            # The stream moved away under a blocked read (its slot migrated to another master,
+            # or it was deleted): nothing was delivered; the next read goes where it is now.
+            return []
         return self._deliveries(reply)
 
     async def reread_own(self, count: int) -> list[Delivery]:
@@ -201,18 +208,14 @@ class StageQueue:
         if not self._ready and since == ">":
             self._collect_reads()
         if not self._ready:
-            pipe: Any = self.redis.pipeline(transaction=False)
-            for stream in self._streams:
-                if stream not in self._reads:
-                    pipe.xreadgroup(self.group, self.consumer, {stream: since}, count=count)
-            for reply in await pipe.execute():
+            idle = [stream for stream in self._streams if stream not in self._reads]
+            replies = await asyncio.gather(*(self._read_one(s, since, count) for s in idle))
+            for reply in replies:
                 self._ready += self._deliveries(reply)
         if not self._ready and block_ms is not None and since == ">":
             for stream in self._streams:
                 if stream not in self._reads:
-                    read = self.redis.xreadgroup(
-                        self.group, self.consumer, {stream: ">"}, count=count, block=block_ms
-                    )
+                    read = self._read_one(stream, ">", count, block_ms)
                     self._reads[stream] = asyncio.ensure_future(read)
             await asyncio.wait(
                 self._reads.values(),
@@ -222,6 +225,34 @@ class StageQueue:
             self._collect_reads()
         out, self._ready = self._ready[:count], self._ready[count:]
         return out
+
+    async def _read_one(
+        self, stream: str, since: str, count: int, block_ms: int | None = None
+    ) -> Any:
+        """One partition's XREADGROUP, sent to the master that owns its slot. (Through the
+        cluster client's own routing, each read cost two COMMAND GETKEYS round trips to
+        learn where its keys are, XREADGROUP's being "movable".) A slot that moved answers
+        nothing this time: the client learns the new owner for the next read."""
+        assert isinstance(self.redis, redis.asyncio.cluster.RedisCluster)
+        block = () if block_ms is None else ("BLOCK", block_ms)
+        try:
+            return await self.redis.execute_command(
+                "XREADGROUP",
+                "GROUP",
+                self.group,
+                self.consumer,
+                "COUNT",
+                count,
+                *block,
+                "STREAMS",
+                stream,
+                since,
+                target_nodes=self.redis.get_node_from_key(stream),
+            )
+        except redis.exceptions.AskError:  # (MOVED too)
+            await self.redis.nodes_manager.initialize()
+            await asyncio.sleep(0.01)  # (a slot mid-migration answers ASK at once)
+            return None
 
     def _collect_reads(self) -> None:
         """Move what finished blocking reads brought to ``_ready`` (raising the first error)."""
