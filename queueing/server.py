@@ -73,6 +73,27 @@ def server_answers(socket: str | os.PathLike[str], timeout: float = 2.0) -> bool
         probe.close()
 
 
+def durable_options(data_dir: Path, appendfsync: str) -> list[str]:
+    """The options every embedded server runs with: its folder, AOF on, no RDB snapshots, in
+    the foreground, logging to ``server.log`` there."""
+    return [
+        "--dir",
+        str(data_dir),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        appendfsync,
+        "--save",
+        "",
+        "--daemonize",
+        "no",
+        "--loglevel",
+        "warning",
+        "--logfile",
+        str(data_dir / "server.log"),
+    ]
+
+
 class EmbeddedServer:
     """A private server process. ``start()`` returns once it answers PING; ``url`` is its
     ``unix://`` address. ``stop()`` shuts it down cleanly (the AOF is fsynced)."""
@@ -114,20 +135,7 @@ class EmbeddedServer:
             str(self.socket),
             "--unixsocketperm",
             "700",
-            "--dir",
-            str(self.data_dir),
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            self.appendfsync,
-            "--save",
-            "",
-            "--daemonize",
-            "no",
-            "--loglevel",
-            "warning",
-            "--logfile",
-            str(self.data_dir / "server.log"),
+            *durable_options(self.data_dir, self.appendfsync),
         ]
 
     def start(self, timeout: float = 20.0) -> EmbeddedServer:
@@ -255,20 +263,7 @@ class EmbeddedCluster:
             str(self.node_timeout_ms),
             "--cluster-require-full-coverage",
             "no",
-            "--dir",
-            str(node.data_dir),
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            self.appendfsync,
-            "--save",
-            "",
-            "--daemonize",
-            "no",
-            "--loglevel",
-            "warning",
-            "--logfile",
-            str(node.data_dir / "server.log"),
+            *durable_options(node.data_dir, self.appendfsync),
         ]
 
     def start(self, timeout: float = 30.0) -> EmbeddedCluster:
