@@ -14,6 +14,10 @@ _JOB_ID = re.compile(r"([0-9]{1,4})-([0-9a-f]{32})")
 _STAGE = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)?")
 
 
+SETTINGS_FIELD_PREFIX = "settings:"
+"""Registry-hash fields starting with this hold live settings (see :meth:`Keys.settings_field`)."""
+
+
 def new_job_id(partition: int) -> str:
     """A job id: its partition, then 128 random bits (unguessable)."""
     return f"{partition}-{secrets.token_hex(16)}"
@@ -71,6 +75,13 @@ class Keys:
     def registry(self) -> str:
         """Hash: pipeline name -> spec (JSON)."""
         return f"{self.prefix}:registry"
+
+    @staticmethod
+    def settings_field(stage: str) -> str:
+        """Field of the registry hash holding a stage's live batch settings (JSON). A ``:``
+        never occurs in a pipeline name, so it cannot collide with a spec's field; in the
+        registry's own key, so a change is a single-key write (cluster-safe)."""
+        return f"{SETTINGS_FIELD_PREFIX}{stage}"
 
     @property
     def workers(self) -> str:

@@ -35,14 +35,14 @@ from queueing.streams import (
     never_started,
     too_many_attempts,
 )
-from workers.batching import BatchContractError, BatchedHandler
+from workers.batching import BatchConfig, BatchContractError, BatchedHandler
 from workers.device import limit_torch_threads, torch_threads
+from workers.forming import BatchFormer
 from workers.stage import Route, Stage
 
 log = logging.getLogger(__name__)
 
 RETRY_S = 0.5
-MIN_POLL_S = 0.0005
 T = TypeVar("T")
 
 CLAIM_BATCHES = 2
@@ -92,6 +92,9 @@ class StageLoop:
         self.config = handler.config
         self.held: dict[str, Delivery] = {}
         """Entries read and not yet finished: touched on every heartbeat."""
+        self.former = BatchFormer(self.config, self.held)
+        """Forms batches (count or cost bound, fixed or adaptive wait); holds the entries
+        a cost bound carried over to the next batch."""
         self._inbox: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=1)
         self._executor = ThreadPoolExecutor(
             1,
@@ -177,13 +180,16 @@ class StageLoop:
                 if deliveries:
                     await self._put(_Batch(deliveries))
                 elif self.burst:
-                    claimed, _ = await self.queue.claim(self.config.max_batch_size)
+                    claimed, _ = await self.queue.claim(self.config.max_items)
                     if claimed:
                         await self._recover(claimed)
                     elif self._recovered:
                         continue
                     elif upstream_done:
                         break
+            # Entries a cost bound carried over are pending here: run them before stopping.
+            for carried in self.former.drain():
+                await self._put(_Batch(carried))
         except _Abandon:
             pass
         finally:
@@ -207,7 +213,7 @@ class StageLoop:
             self.held[delivery.entry_id] = delivery
         attempts = await self._persist("read attempts", lambda: self.queue.attempts(deliveries))
         last = self.settings.max_deliveries - 1
-        full, half = self.config.max_batch_size, max(1, self.config.max_batch_size // 2)
+        full, half = self.config.max_items, max(1, self.config.max_items // 2)
         fresh: list[Delivery] = []
         split: list[Delivery] = []
         alone: list[Delivery] = []
@@ -244,28 +250,16 @@ class StageLoop:
         await self._suspects_ran.wait()
 
     async def read_batch(self, *, block: bool = True) -> list[Delivery]:
-        """Whatever is waiting, at once, up to max_batch_size; when fewer wait, more for at
-        most batch_wait_timeout_s. With ``block``, waits up to block_ms for the first."""
-        size = self.config.max_batch_size
+        """Whatever is waiting, at once, up to max_batch_size (or its cost); when fewer wait,
+        more for at most batch_wait_timeout_s (or while the adaptive wait says it pays). With
+        ``block``, waits up to block_ms for the first. See :class:`~workers.forming.BatchFormer`."""
         block_ms = 100 if self.burst else self.settings.block_ms
-        deliveries = await self.queue.read(size, block_ms if block else None)
-        if not deliveries or len(deliveries) >= size or self.config.batch_wait_timeout_s <= 0:
-            return deliveries
-        # Poll rather than XREADGROUP BLOCK: a server times out blocked commands only on its
-        # `hz` tick (100 ms by default), which would stretch a 2 ms wait to 100 ms.
-        wait = self.config.batch_wait_timeout_s
-        deadline = time.monotonic() + wait
-        pause = max(wait / 4, MIN_POLL_S)
-        while len(deliveries) < size:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            more = await self.queue.read(size - len(deliveries), None)
-            if more:
-                deliveries += more
-            else:
-                await asyncio.sleep(min(remaining, pause))
-        return deliveries
+        return await self.former.read(self.queue, block_ms if block else None)
+
+    def apply_config(self, config: BatchConfig) -> None:
+        """Live settings: batch with ``config`` from the next batch read on."""
+        self.config = config
+        self.former.apply(config)
 
     # -- one batch ---------------------------------------------------------------------------
 
@@ -322,6 +316,7 @@ class StageLoop:
         clock = time.perf_counter()
         outputs = await self._run_isolating([item.value for item in items])
         compute_s = time.perf_counter() - clock
+        self.former.observe(len(items), compute_s)
         self.processed += len(items)
         self.activity.record(
             len(items),
@@ -463,7 +458,7 @@ class StageLoop:
         # Claimed whatever the load (a standing backlog must not delay recovery), but not
         # while entries claimed earlier still wait for their turn.
         if not self._recovered:
-            claimed, gone = await self.queue.claim(CLAIM_BATCHES * self.config.max_batch_size)
+            claimed, gone = await self.queue.claim(CLAIM_BATCHES * self.config.max_items)
             if gone:
                 log.warning(
                     "stage %s: dropped %d pending entries whose payload was deleted",

@@ -65,6 +65,9 @@ class Stage:
             next=self.next,
             routes=self.routes,
             join=self.join,
+            batch_size_fn=config.cost_name,
+            max_latency_ms=config.max_latency_ms,
+            max_batch_items=config.max_batch_items if config.batch_size_fn else None,
         )
 
     def load(self, device: str) -> BatchedHandler[Any]:

@@ -1,0 +1,162 @@
+"""How a worker forms one batch from its stage's stream: read, wait (fixed or adaptive), and
+cut at the count or cost bound.
+
+With ``batch_size_fn`` the worker reads up to ``max_items`` entries at once, decodes them to
+price them, and cuts the batch before the entry that would push its cost past
+``max_batch_size``. The entries beyond the cut are pending on this consumer already: they are
+*carried* to the next batch (first in it, in order), held and touched by heartbeats like any
+entry in hand, so they are neither lost nor left for a claim after the visibility timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import MutableMapping
+from typing import Any, Protocol
+
+from queueing.errors import DecodeError
+from queueing.message import Message
+from queueing.streams import Delivery
+from workers.adaptive import AdaptiveWait
+from workers.batching import BatchConfig
+
+log = logging.getLogger(__name__)
+
+MIN_POLL_S = 0.0005
+
+
+class _Readable(Protocol):
+    async def read(self, count: int, block_ms: int | None) -> list[Delivery]: ...
+
+
+_UNPRICED = object()
+
+
+class BatchFormer:
+    """Forms a stage's batches: holds the carried entries and the adaptive wait's estimates."""
+
+    def __init__(self, config: BatchConfig, held: MutableMapping[str, Delivery]) -> None:
+        self.config = config
+        self.held = held
+        self.carry: list[Delivery] = []
+        """Entries read but cut from the last batch by its cost bound: first in the next."""
+        self._carry_since = 0.0
+        self._values: dict[str, Any] = {}
+        self.adaptive: AdaptiveWait | None = None
+        self.apply(config)
+
+    def apply(self, config: BatchConfig) -> None:
+        """Batch with new settings from the next batch on (live settings); the adaptive wait's
+        estimates are kept across changes of its budget."""
+        self.config = config
+        if not config.adaptive:
+            self.adaptive = None
+        elif self.adaptive is None:
+            self.adaptive = AdaptiveWait(config.max_latency_ms)
+        else:
+            limit = config.max_latency_ms
+            self.adaptive.max_latency_s = None if limit is None else limit / 1000
+
+    def observe(self, n: int, compute_s: float) -> None:
+        """A batch of ``n`` items ran for ``compute_s`` (fits the adaptive wait's cost)."""
+        if self.adaptive is not None:
+            self.adaptive.observe(n, compute_s)
+
+    async def read(self, queue: _Readable, block_ms: int | None) -> list[Delivery]:
+        """The next batch: carried entries first, then whatever is waiting, then (when the
+        batch is not closed) more for as long as the wait allows."""
+        config = self.config
+        deliveries, self.carry = self.carry, []
+        started = self._carry_since if deliveries else 0.0
+        if not self._closed(deliveries):
+            more = await queue.read(
+                config.max_items - len(deliveries), None if deliveries else block_ms
+            )
+            self._arrived(more)
+            deliveries += more
+        if not deliveries:
+            return deliveries
+        now = time.monotonic()
+        started = started or now
+        while not self._closed(deliveries):
+            remaining = self._wait_left(len(deliveries), started)
+            if remaining <= 0:
+                break
+            # Poll rather than XREADGROUP BLOCK: a server times out blocked commands only on
+            # its `hz` tick (100 ms by default), which would stretch a 2 ms wait to 100 ms.
+            more = await queue.read(config.max_items - len(deliveries), None)
+            if more:
+                self._arrived(more)
+                deliveries += more
+            else:
+                await asyncio.sleep(max(min(remaining, remaining / 4), MIN_POLL_S))
+        size = self._take(deliveries)
+        batch, self.carry = deliveries[:size], deliveries[size:]
+        for delivery in deliveries:
+            self.held[delivery.entry_id] = delivery
+        for delivery in batch:
+            self._values.pop(delivery.entry_id, None)
+        if self.carry:
+            self._carry_since = time.monotonic()
+        return batch
+
+    def drain(self) -> list[list[Delivery]]:
+        """The carried entries as batches (when the loop stops: they run before it ends)."""
+        batches = []
+        while self.carry:
+            deliveries, self.carry = self.carry, []
+            size = self._take(deliveries)
+            batches.append(deliveries[:size])
+            self.carry = deliveries[size:]
+        self._values.clear()
+        return batches
+
+    # -- cost ----------------------------------------------------------------------------------
+
+    def _wait_left(self, n: int, started: float) -> float:
+        now = time.monotonic()
+        if self.adaptive is not None:
+            return self.adaptive.wait_left(n, now - started, now)
+        return started + self.config.wait_s - now
+
+    def _arrived(self, deliveries: list[Delivery]) -> None:
+        if self.adaptive is not None and deliveries:
+            self.adaptive.arrived(len(deliveries))
+
+    def _value(self, delivery: Delivery) -> Any:
+        value = self._values.get(delivery.entry_id, _UNPRICED)
+        if value is _UNPRICED:
+            try:
+                value = Message.decode(delivery.fields).value()
+            except DecodeError:
+                value = None  # priced at nothing; the stage fails it when it runs
+            self._values[delivery.entry_id] = value
+        return value
+
+    def _priced(self, deliveries: list[Delivery]) -> list[Any]:
+        return [value for d in deliveries if (value := self._value(d)) is not None]
+
+    def _closed(self, deliveries: list[Delivery]) -> bool:
+        if len(deliveries) >= self.config.max_items:
+            return True
+        if self.config.batch_size_fn is None or not deliveries:
+            return False
+        return self.config.closed(self._priced(deliveries))
+
+    def _take(self, deliveries: list[Delivery]) -> int:
+        """How many of ``deliveries`` form the batch (the undecodable ones cost nothing)."""
+        if self.config.batch_size_fn is None:
+            return min(len(deliveries), self.config.max_items)
+        values = [self._value(d) for d in deliveries]
+        priced = [v for v in values if v is not None]
+        fits = self.config.take(priced)
+        size = 0
+        for value in values:
+            if value is not None:
+                if fits == 0:
+                    break
+                fits -= 1
+            size += 1
+        return max(1, min(size, self.config.max_items))
