@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import time
 from importlib.resources import files
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
@@ -25,7 +26,9 @@ from queueing.cluster import AsyncRedis
 from queueing.connection import broker_errors
 from queueing.deadletter import DeadLetter, DeadLetters, Requeue, Requeued, full_stage_name
 from queueing.keys import Keys
+from queueing.live_config import BadSetting, reset_settings, set_settings, stage_spec
 from queueing.overview import overview
+from queueing.registry import StageSpec
 from queueing.stagestats import in_flight, read_recent
 
 WINDOW_S = 300.0
@@ -176,6 +179,99 @@ async def purge(pipeline: str, stage: str, gateway: GatewayDep, owner: Owner) ->
     with broker_errors():
         purged = await _letters(gateway).purge(name)
     return JSONResponse({"stage": name, "purged": purged})
+
+
+class StageSettingsBody(BaseModel):
+    """The batch settings to change (at least one); those not named keep their values."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="The most items per batch (the most cost, for a stage with a batch_size_fn).",
+        examples=[64],
+    )
+    batch_wait_timeout_s: float | Literal["auto"] | None = Field(
+        None,
+        description='Seconds a partial batch waits for more (>= 0), or "auto" (adaptive).',
+        examples=[0.002, "auto"],
+    )
+    max_latency_ms: float | None = Field(
+        None,
+        gt=0,
+        description="The adaptive wait's latency budget (null drops it).",
+        examples=[20],
+    )
+
+
+@admin.get(
+    "/config/{pipeline}/{stage}",
+    response_model=None,
+    summary="A stage's batch settings in force",
+    responses=error_responses(401, 404, 422, 503),
+)
+async def get_stage_settings(
+    pipeline: str, stage: str, gateway: GatewayDep, owner: Owner
+) -> Response:
+    """The values in force and since when (`settings_since`: null while the values declared
+    in code are in force)."""
+    name = _stage(pipeline, stage)
+    with broker_errors():
+        spec = await stage_spec(_redis(gateway), gateway.settings, name)
+    return JSONResponse(_settings_document(spec))
+
+
+@admin.put(
+    "/config/{pipeline}/{stage}",
+    response_model=None,
+    summary="Change a stage's batch settings live",
+    responses=error_responses(401, 404, 422, 503),
+)
+async def put_stage_settings(
+    pipeline: str, stage: str, body: StageSettingsBody, gateway: GatewayDep, owner: Owner
+) -> Response:
+    """Sets `max_batch_size`, `batch_wait_timeout_s` and/or `max_latency_ms` for the stage:
+    its running workers batch with them within a second (no restart), and the pipeline's
+    page shows them with `settings_since`. They last until changed or reset (DELETE), across
+    worker restarts. The same as `batchline config set PIPELINE.STAGE NAME=VALUE...`."""
+    name = _stage(pipeline, stage)
+    values = body.model_dump(exclude_unset=True)
+    try:
+        with broker_errors():
+            spec = await set_settings(_redis(gateway), gateway.settings, name, values)
+    except BadSetting as exc:
+        raise InvalidInput(str(exc), [{"where": "body", "message": str(exc)}]) from None
+    return JSONResponse(_settings_document(spec))
+
+
+@admin.delete(
+    "/config/{pipeline}/{stage}",
+    response_model=None,
+    summary="Drop a stage's live batch settings",
+    responses=error_responses(401, 404, 422, 503),
+)
+async def reset_stage_settings(
+    pipeline: str, stage: str, gateway: GatewayDep, owner: Owner
+) -> Response:
+    """The values declared in code are in force again (workers apply them within a second)."""
+    name = _stage(pipeline, stage)
+    with broker_errors():
+        await stage_spec(_redis(gateway), gateway.settings, name)
+        await reset_settings(_redis(gateway), gateway.settings, name)
+        spec = await stage_spec(_redis(gateway), gateway.settings, name)
+    return JSONResponse(_settings_document(spec))
+
+
+def _settings_document(spec: StageSpec) -> dict[str, Any]:
+    return {
+        "stage": spec.name,
+        "max_batch_size": spec.max_batch_size,
+        "batch_wait_timeout_s": spec.batch_wait_timeout_s,
+        "max_latency_ms": spec.max_latency_ms,
+        "batch_size_fn": spec.batch_size_fn,
+        "settings_since": spec.settings_since,
+    }
 
 
 def _letters(gateway: Gateway) -> DeadLetters:

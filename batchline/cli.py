@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from batchline import bulk, deploy, dlq, notifier
+from batchline import bulk, config, deploy, dlq, notifier
 from batchline.up import add_workers_option
 from pipelines.loading import load_pipelines, unavailable
 from queueing.errors import BatchlineError, ConfigError
@@ -353,6 +353,7 @@ def parser() -> argparse.ArgumentParser:
     bulk.register(sub)
     notifier.register(sub)
     deploy.register(sub)
+    config.register(sub)
     return top
 
 

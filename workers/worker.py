@@ -36,6 +36,7 @@ from queueing.housekeeping import Swept, sweep
 from queueing.settings import Settings
 from queueing.streams import StageQueue, consumer_name, heartbeat, retire
 from workers.device import limit_torch_threads, resolve_device, torch_threads
+from workers.live import LiveSettingsWatcher
 from workers.loop import StageLoop
 from workers.stage import Stage, Topology
 
@@ -119,7 +120,10 @@ class Worker:
                     lambda: heartbeat(client, self.settings, self.consumer, info), full
                 )
             await self._sweep(client, OutageLog(log, f"worker {self.consumer}: housekeeping"))
+            watcher = LiveSettingsWatcher(client, self.settings, self.loops)
+            await watcher.apply()
             beats = asyncio.create_task(self._beat(client, info))
+            live = asyncio.create_task(watcher.run(self.stop))
             log.info(
                 "worker %s: serving %s on %s",
                 self.consumer,
@@ -131,9 +135,10 @@ class Worker:
                     for stage_loop in self.loops:
                         group.create_task(stage_loop.run(self.stop), name=stage_loop.stage.name)
             finally:
-                beats.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await beats
+                for task in (beats, live):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             try:
                 await retire(client, self.settings, self.consumer)
             except REDIS_DOWN as exc:
