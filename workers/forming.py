@@ -44,25 +44,24 @@ class BatchFormer:
         """Entries read but cut from the last batch by its cost bound: first in the next."""
         self._carry_since = 0.0
         self._values: dict[str, Any] = {}
-        self.adaptive: AdaptiveWait | None = None
+        self.estimates = AdaptiveWait(config.max_latency_ms)
+        """The adaptive wait's fit and arrival rate, fed whatever the wait (a few float
+        operations per batch), so that a stage switched to "auto" live starts warm."""
         self.apply(config)
 
+    @property
+    def adaptive(self) -> AdaptiveWait | None:
+        return self.estimates if self.config.adaptive else None
+
     def apply(self, config: BatchConfig) -> None:
-        """Batch with new settings from the next batch on (live settings); the adaptive wait's
-        estimates are kept across changes of its budget."""
+        """Batch with new settings from the next batch on (live settings)."""
         self.config = config
-        if not config.adaptive:
-            self.adaptive = None
-        elif self.adaptive is None:
-            self.adaptive = AdaptiveWait(config.max_latency_ms)
-        else:
-            limit = config.max_latency_ms
-            self.adaptive.max_latency_s = None if limit is None else limit / 1000
+        limit = config.max_latency_ms
+        self.estimates.max_latency_s = None if limit is None else limit / 1000
 
     def observe(self, n: int, compute_s: float) -> None:
         """A batch of ``n`` items ran for ``compute_s`` (fits the adaptive wait's cost)."""
-        if self.adaptive is not None:
-            self.adaptive.observe(n, compute_s)
+        self.estimates.observe(n, compute_s)
 
     async def read(self, queue: _Readable, block_ms: int | None) -> list[Delivery]:
         """The next batch: carried entries first, then whatever is waiting, then (when the
@@ -122,8 +121,8 @@ class BatchFormer:
         return started + self.config.wait_s - now
 
     def _arrived(self, deliveries: list[Delivery]) -> None:
-        if self.adaptive is not None and deliveries:
-            self.adaptive.arrived(len(deliveries))
+        if deliveries:
+            self.estimates.arrived(len(deliveries))
 
     def _value(self, delivery: Delivery) -> Any:
         value = self._values.get(delivery.entry_id, _UNPRICED)
