@@ -14,9 +14,11 @@ old, waiting ``d`` more seconds delays those ``n`` items by ``d`` each, and gain
 items that arrive meanwhile a place in this batch instead of the next one, saving each about
 one fixed cost. Waiting pays while ``r*d*(fixed - d) > n*d*(1 + per_item*r)``, that is while
 the wait so far is under ``fixed - n/r - n*per_item``. So a light load (``n/r`` large: items
-come one at a time) never waits, and a heavy one waits at most about one fixed cost. A latency
-budget (``max_latency_ms``) also stops the wait once the oldest item's age plus the batch's
-expected cost would pass it.
+come one at a time) never waits, and a heavy one waits at most about one fixed cost. A worker
+reads its next batch while the handler runs the current one: until that is expected to end
+(:meth:`AdaptiveWait.running`), gathering more delays no one, so it waits at least that long.
+A latency budget (``max_latency_ms``) stops the wait once the oldest item's age plus the
+batch's expected cost would pass it; no wait lasts more than :data:`AUTO_CAP_S`.
 """
 
 from __future__ import annotations
@@ -106,13 +108,22 @@ class AdaptiveWait:
         self.max_latency_s = None if max_latency_ms is None else max_latency_ms / 1000
         self.cost = CostModel()
         self.arrivals = ArrivalRate()
+        self.busy_until = 0.0
+        """When the batch running in the handler is expected to end (0: none runs)."""
 
     def arrived(self, n: int, now: float | None = None) -> None:
         if n:
             self.arrivals.arrived(n, now)
 
+    def running(self, n: int, now: float | None = None) -> None:
+        """A batch of ``n`` items starts in the handler."""
+        if self.cost.samples >= WARM_UP_BATCHES:
+            now = time.monotonic() if now is None else now
+            self.busy_until = now + self.cost.cost(n)
+
     def observe(self, n: int, seconds: float) -> None:
-        """One batch of ``n`` items took ``seconds`` in the handler."""
+        """One batch of ``n`` items took ``seconds`` in the handler (it is free again)."""
+        self.busy_until = 0.0
         if n > 0 and seconds >= 0:
             self.cost.observe(n, seconds)
 
@@ -121,12 +132,15 @@ class AdaptiveWait:
         more (0: run it now)."""
         if n <= 0 or self.cost.samples < WARM_UP_BATCHES:
             return 0.0
+        now = time.monotonic() if now is None else now
         rate = self.arrivals.rate(now)
         if rate <= 0:
             return 0.0
         fixed, per_item = self.cost.fixed, self.cost.per_item
         worth = fixed - n / rate - n * per_item
-        left = min(worth, AUTO_CAP_S) - age_s
+        # While the handler runs another batch this one could not start anyway: gathering
+        # more until it ends delays no one.
+        left = min(max(worth - age_s, self.busy_until - now), AUTO_CAP_S - age_s)
         if self.max_latency_s is not None:
             left = min(left, self.max_latency_s - age_s - self.cost.cost(n))
         return max(0.0, left)

@@ -59,6 +59,11 @@ class BatchFormer:
         limit = config.max_latency_ms
         self.estimates.max_latency_s = None if limit is None else limit / 1000
 
+    def running(self, n: int) -> None:
+        """A batch of ``n`` items starts in the handler (the adaptive wait gathers more for
+        free while it runs: the next batch could not start sooner)."""
+        self.estimates.running(n)
+
     def observe(self, n: int, compute_s: float) -> None:
         """A batch of ``n`` items ran for ``compute_s`` (fits the adaptive wait's cost)."""
         self.estimates.observe(n, compute_s)

@@ -314,6 +314,7 @@ class StageLoop:
     async def run_batch(self, items: list[_Item]) -> list[Outcome]:
         started = time.time()
         clock = time.perf_counter()
+        self.former.running(len(items))
         outputs = await self._run_isolating([item.value for item in items])
         compute_s = time.perf_counter() - clock
         self.former.observe(len(items), compute_s)

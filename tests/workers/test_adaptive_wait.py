@@ -130,3 +130,17 @@ def test_a_worker_serves_an_adaptive_stage(
     assert sum(batches(redis_client, STAGE)) == 41
     assert max(batches(redis_client, STAGE)) <= 16
     assert_drained(redis_client, [STAGE])
+
+
+def test_while_the_handler_runs_it_gathers_for_free() -> None:
+    wait = AdaptiveWait()
+    _warm(wait, fixed=0.010, per_item=0.0001)
+    t = 0.0
+    for _ in range(50):  # light load: on its own, no wait
+        t += 0.020
+        wait.arrived(1, t)
+    assert wait.wait_left(1, 0.0, t) == 0.0
+    wait.running(8, t)  # a batch of 8 runs for about 10.8 ms: the next cannot start sooner
+    assert wait.wait_left(1, 0.0, t + 0.002) == pytest.approx(0.0088, abs=1e-4)
+    wait.observe(8, 0.0108)  # it ended: the handler is free
+    assert wait.wait_left(1, 0.0, t + 0.011) == 0.0
