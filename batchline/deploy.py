@@ -13,6 +13,9 @@ Service, readiness on ``/readyz`` and liveness on ``/healthz``, and a Deployment
 line) and ``k8s/keda.yaml``: a KEDA ``ScaledObject`` per worker Deployment with a
 ``redis-streams`` trigger on each stream its stages read (one per partition), named by
 :class:`queueing.keys.Keys`, as the workers name them.
+``k8s --redis-cluster HOST:PORT,...`` points everything at a Redis Cluster of your own instead
+of the bundled Redis (``BATCHLINE_PARTITIONS`` is passed on to every process) and makes the
+triggers ``redis-cluster-streams`` on those nodes.
 
 Scaling on the backlog: the triggers use KEDA's ``streamLength`` (``XLEN``). In batchline a
 stream holds only what is queued or in flight (processed entries are deleted in the hand-off
@@ -47,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from queueing.errors import ConfigError
 from queueing.keys import Keys
 from queueing.settings import Settings
 
@@ -221,17 +225,27 @@ def _deployment(
     }
 
 
-def kubernetes(settings: Settings, procs: Sequence[Process]) -> list[dict[str, Any]]:
+def kubernetes(
+    settings: Settings, procs: Sequence[Process], cluster: Sequence[str] = ()
+) -> list[dict[str, Any]]:
+    """The manifests; ``cluster``: the ``host:port`` of nodes of a Redis Cluster of your own,
+    used instead of the bundled single Redis."""
+    data = {
+        "REDIS_URL": "redis://redis:6379/0",
+        "REDIS_ADDRESS": "redis:6379",  # (for KEDA's triggers: host:port)
+        "BATCHLINE_PIPELINES": ",".join(settings.pipelines),
+        "PORT": str(PORT),
+    }
+    if cluster:
+        data.pop("REDIS_ADDRESS")
+        data["REDIS_URL"] = f"redis://{cluster[0]}"  # (any node: batchline finds the others)
+        data["REDIS_ADDRESSES"] = ",".join(cluster)  # (KEDA's redis-cluster-streams)
+        data["BATCHLINE_PARTITIONS"] = str(settings.partitions)
     config = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": "batchline", "labels": _labels("config")},
-        "data": {
-            "REDIS_URL": "redis://redis:6379/0",
-            "REDIS_ADDRESS": "redis:6379",  # (for KEDA's triggers: host:port)
-            "BATCHLINE_PIPELINES": ",".join(settings.pipelines),
-            "PORT": str(PORT),
-        },
+        "data": data,
     }
     redis_labels = _labels("redis")
     redis_set = {
@@ -284,7 +298,7 @@ def kubernetes(settings: Settings, procs: Sequence[Process]) -> list[dict[str, A
         "metadata": {"name": "redis", "labels": redis_labels},
         "spec": {"selector": redis_labels, "ports": [{"port": 6379, "targetPort": "redis"}]},
     }
-    docs: list[dict[str, Any]] = [config, redis_set, redis_service]
+    docs: list[dict[str, Any]] = [config] if cluster else [config, redis_set, redis_service]
     for proc in procs:
         name = _k8s_name(proc.name)
         if proc.name == "web":
@@ -328,7 +342,15 @@ def scaled_objects(
     procs: Sequence[Process],
     topologies: Mapping[str, Any],
     min_replicas: int = 0,
+    cluster: bool = False,
 ) -> list[dict[str, Any]]:
+    """A ScaledObject per worker Deployment; ``cluster``: triggers for a Redis Cluster
+    (``redis-cluster-streams``, on the nodes in ``REDIS_ADDRESSES``)."""
+    kind, address = (
+        ("redis-cluster-streams", "addressesFromEnv")
+        if cluster
+        else ("redis-streams", "addressFromEnv")
+    )
     docs = []
     for proc in procs:
         if not proc.stages:
@@ -341,9 +363,9 @@ def scaled_objects(
                 groups[stream] = group
                 triggers.append(
                     {
-                        "type": "redis-streams",
+                        "type": kind,
                         "metadata": {
-                            "addressFromEnv": "REDIS_ADDRESS",
+                            address: "REDIS_ADDRESSES" if cluster else "REDIS_ADDRESS",
                             "stream": stream,
                             "streamLength": str(BACKLOG_BATCHES * size),
                         },
@@ -428,7 +450,11 @@ def documents(docs: Sequence[Any]) -> str:
 
 
 def render(
-    what: str, settings: Settings, topologies: Mapping[str, Any], min_replicas: int = 0
+    what: str,
+    settings: Settings,
+    topologies: Mapping[str, Any],
+    min_replicas: int = 0,
+    cluster: Sequence[str] = (),
 ) -> dict[str, str]:
     """Relative path -> text of the files ``batchline deploy <what>`` writes."""
     from batchline.procfile import procfile
@@ -441,9 +467,11 @@ def render(
         return {"compose.yaml": header + to_yaml(compose(settings, procs)) + "\n"}
     if what == "k8s":
         return {
-            "k8s/batchline.yaml": header + documents(kubernetes(settings, procs)),
+            "k8s/batchline.yaml": header + documents(kubernetes(settings, procs, cluster)),
             "k8s/keda.yaml": header
-            + documents(scaled_objects(settings, procs, topologies, min_replicas)),
+            + documents(
+                scaled_objects(settings, procs, topologies, min_replicas, cluster=bool(cluster))
+            ),
         }
     raise ValueError(f"unknown target {what!r}")
 
@@ -470,8 +498,16 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     topologies = load_topologies(settings)
     targets = ("compose", "k8s") if args.target == "all" else (args.target,)
     files: dict[str, str] = {}
+    cluster = [a.strip() for a in (args.redis_cluster or "").split(",") if a.strip()]
+    if cluster and settings.partitions < 2:
+        raise ConfigError(
+            "--redis-cluster needs BATCHLINE_PARTITIONS (at least twice the masters), the same "
+            "for every process: the manifests pass it on"
+        )
+    if cluster and args.target != "k8s":
+        raise ConfigError("--redis-cluster applies to `batchline deploy k8s`")
     for target in targets:
-        files.update(render(target, settings, topologies, args.min_replicas))
+        files.update(render(target, settings, topologies, args.min_replicas, cluster))
     stale = write(files, Path(args.output), check=args.check)
     if args.check:
         for name in stale:
@@ -498,6 +534,12 @@ def register(sub: Any) -> None:
     )
     deploy.add_argument(
         "--check", action="store_true", help="write nothing; exit 1 if a file is out of date"
+    )
+    deploy.add_argument(
+        "--redis-cluster",
+        metavar="HOST:PORT,...",
+        help="k8s: use this Redis Cluster (nodes) instead of the bundled Redis; KEDA triggers "
+        "become redis-cluster-streams (needs BATCHLINE_PARTITIONS)",
     )
     deploy.add_argument("--pipelines", help="comma-separated modules defining pipelines")
     deploy.set_defaults(run=cmd_deploy)

@@ -211,3 +211,33 @@ def test_the_dockerfile_picks_its_base_by_argument_and_runs_as_a_user() -> None:
     assert users[-1].split(":")[0] not in ("root", "0")
     assert users[-1].split(":")[0] == str(UID)
     assert "PYTHONPATH=/models" in text  # model code mounted there, or baked in a child image
+
+
+def test_k8s_for_a_redis_cluster_uses_its_nodes_and_cluster_triggers(tmp_path: Path) -> None:
+    """`--redis-cluster`: no bundled Redis, the nodes and the partitions in the ConfigMap, and a
+    `redis-cluster-streams` trigger on each partition's stream of every stage."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHLINE_")}
+    env["BATCHLINE_PARTITIONS"] = "6"
+    nodes = "10.0.0.1:6379,10.0.0.2:6379,10.0.0.3:6379"
+    command = [sys.executable, "-m", "batchline", "deploy", "k8s", "-o", str(tmp_path)]
+    subprocess.run(
+        [*command, "--redis-cluster", nodes],
+        check=True,
+        env=env,
+        cwd=ROOT,
+    )
+    manifests = list(yaml.safe_load_all((tmp_path / "k8s/batchline.yaml").read_text()))
+    assert not [d for d in manifests if d["metadata"]["name"] == "redis"]
+    (config,) = [d for d in manifests if d["kind"] == "ConfigMap"]
+    assert config["data"]["REDIS_ADDRESSES"] == nodes
+    assert config["data"]["REDIS_URL"] == "redis://10.0.0.1:6379"
+    assert config["data"]["BATCHLINE_PARTITIONS"] == "6"
+    keys = Keys()
+    streams = set()
+    for scaled in yaml.safe_load_all((tmp_path / "k8s/keda.yaml").read_text()):
+        for trigger in scaled["spec"]["triggers"]:
+            assert trigger["type"] == "redis-cluster-streams"
+            assert trigger["metadata"]["addressesFromEnv"] == "REDIS_ADDRESSES"
+            streams.add(trigger["metadata"]["stream"])
+    stages = {s for t in load_topologies(SETTINGS).values() for s in t.stages}
+    assert streams == {keys.stream(p, stage) for stage in stages for p in range(6)}
