@@ -30,6 +30,7 @@ from rq.registry import (
     StartedJobRegistry,
 )
 
+from queueing.cluster import is_cluster
 from queueing.errors import BatchlineError, ConfigError, UnknownJob
 from queueing.keys import Keys
 from queueing.settings import Settings
@@ -149,6 +150,11 @@ def rq_connection(settings: Settings) -> redis.Redis:
     """A plain client for rq (which speaks to one server, not a cluster) at REDIS_URL."""
     if not settings.redis_url:
         raise ConfigError("bulk jobs need a Redis server: set REDIS_URL (or pass --redis-url)")
+    if is_cluster(settings.redis_url):
+        raise ConfigError(
+            "bulk files, webhooks and schedules run on rq, which needs a standalone Redis: "
+            f"REDIS_URL={settings.redis_url} names a node of a Redis Cluster"
+        )
     try:
         return redis.Redis.from_url(settings.redis_url)
     except ValueError as exc:

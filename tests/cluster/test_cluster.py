@@ -12,9 +12,11 @@ from typing import Any
 import pytest
 
 from pipelines.loading import load_pipelines
+from queueing.bulk import rq_connection
 from queueing.client import Client
 from queueing.cluster import is_cluster, layout
 from queueing.connection import connect
+from queueing.errors import ConfigError
 from queueing.keys import partition_of
 from queueing.server import EmbeddedCluster
 from queueing.settings import Settings
@@ -108,3 +110,8 @@ def test_keyless_and_idempotent_batch_submits_span_the_masters(
         assert [job.result(timeout=60) for job in keyless] == list(range(30))
         assert [job.result(timeout=60) for job in keyed] == list(range(30))
         assert list(client.map("echo", range(200))) == list(range(200))
+
+
+def test_the_rq_side_says_it_needs_a_standalone_server(cluster_settings: Settings) -> None:
+    with pytest.raises(ConfigError, match="standalone Redis"):
+        rq_connection(cluster_settings)
