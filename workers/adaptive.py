@@ -127,9 +127,12 @@ class AdaptiveWait:
         if n > 0 and seconds >= 0:
             self.cost.observe(n, seconds)
 
-    def wait_left(self, n: int, age_s: float, now: float | None = None) -> float:
+    def wait_left(
+        self, n: int, age_s: float, now: float | None = None, *, behind: bool = False
+    ) -> float:
         """How much longer a batch of ``n`` items, the oldest ``age_s`` old, should wait for
-        more (0: run it now)."""
+        more (0: run it now). ``behind``: another batch is queued for the handler ahead of
+        this one, so this one cannot start before the running batch ends."""
         if n <= 0 or self.cost.samples < WARM_UP_BATCHES:
             return 0.0
         now = time.monotonic() if now is None else now
@@ -140,10 +143,16 @@ class AdaptiveWait:
         worth = fixed - n / rate - n * per_item
         # While the handler runs another batch this one could not start anyway: gathering
         # more until it ends delays no one.
-        left = min(max(worth - age_s, self.busy_until - now), AUTO_CAP_S - age_s)
+        busy = self.busy_until - now if behind else 0.0
+        left = min(max(worth - age_s, busy), AUTO_CAP_S - age_s)
         if self.max_latency_s is not None:
             left = min(left, self.max_latency_s - age_s - self.cost.cost(n))
         return max(0.0, left)
+
+    def busy_left(self, now: float | None = None) -> float:
+        """How much longer the running batch is expected to take (0: none runs)."""
+        now = time.monotonic() if now is None else now
+        return max(0.0, self.busy_until - now)
 
     def describe(self) -> dict[str, float]:
         """The current fit and rate (for logs and the bench)."""

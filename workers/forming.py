@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any, Protocol
 
 from queueing.errors import DecodeError
@@ -44,6 +44,7 @@ class BatchFormer:
         """Entries read but cut from the last batch by its cost bound: first in the next."""
         self._carry_since = 0.0
         self._values: dict[str, Any] = {}
+        self._queued: Callable[[], int] = lambda: 0
         self.estimates = AdaptiveWait(config.max_latency_ms)
         """The adaptive wait's fit and arrival rate, fed whatever the wait (a few float
         operations per batch), so that a stage switched to "auto" live starts warm."""
@@ -68,9 +69,13 @@ class BatchFormer:
         """A batch of ``n`` items ran for ``compute_s`` (fits the adaptive wait's cost)."""
         self.estimates.observe(n, compute_s)
 
-    async def read(self, queue: _Readable, block_ms: int | None) -> list[Delivery]:
+    async def read(
+        self, queue: _Readable, block_ms: int | None, queued: Callable[[], int] = lambda: 0
+    ) -> list[Delivery]:
         """The next batch: carried entries first, then whatever is waiting, then (when the
-        batch is not closed) more for as long as the wait allows."""
+        batch is not closed) more for as long as the wait allows. ``queued``: how many
+        batches wait for the handler ahead of this one."""
+        self._queued = queued
         config = self.config
         deliveries, self.carry = self.carry, []
         started = self._carry_since if deliveries else 0.0
@@ -95,7 +100,7 @@ class BatchFormer:
                 self._arrived(more)
                 deliveries += more
             else:
-                await asyncio.sleep(max(min(remaining, remaining / 4), MIN_POLL_S))
+                await asyncio.sleep(self._pause(remaining))
         size = self._take(deliveries)
         batch, self.carry = deliveries[:size], deliveries[size:]
         for delivery in deliveries:
@@ -122,8 +127,18 @@ class BatchFormer:
     def _wait_left(self, n: int, started: float) -> float:
         now = time.monotonic()
         if self.adaptive is not None:
-            return self.adaptive.wait_left(n, now - started, now)
+            return self.adaptive.wait_left(n, now - started, now, behind=self._queued() > 0)
         return started + self.config.wait_s - now
+
+    def _pause(self, remaining: float) -> float:
+        """How long to sleep before reading again: while the handler runs a batch, until it
+        is expected to end (one read then takes all that came meanwhile: no CPU spent on
+        polls); otherwise a quarter of the wait left."""
+        adaptive = self.adaptive
+        busy = adaptive.busy_left() if adaptive is not None and self._queued() > 0 else 0.0
+        if busy > 0:
+            return min(busy, remaining)
+        return max(remaining / 4, MIN_POLL_S)
 
     def _arrived(self, deliveries: list[Delivery]) -> None:
         if deliveries:

@@ -254,7 +254,7 @@ class StageLoop:
         more for at most batch_wait_timeout_s (or while the adaptive wait says it pays). With
         ``block``, waits up to block_ms for the first. See :class:`~workers.forming.BatchFormer`."""
         block_ms = 100 if self.burst else self.settings.block_ms
-        return await self.former.read(self.queue, block_ms if block else None)
+        return await self.former.read(self.queue, block_ms if block else None, self._inbox.qsize)
 
     def apply_config(self, config: BatchConfig) -> None:
         """Live settings: batch with ``config`` from the next batch read on."""
