@@ -254,12 +254,15 @@ def _set_wait(settings: Settings, wait: float | str) -> None:
     asyncio.run(go())
 
 
-def _idle(client: Client, n: int) -> list[float]:
+def _idle(client: Client, n: int, ids: list[str] | None = None) -> list[float]:
     latencies = []
     for i in range(n):
         started = time.perf_counter()
-        client.submit("fixedcost", {"x": i}).result(timeout=60)
+        job = client.submit("fixedcost", {"x": i})
+        job.result(timeout=60)
         latencies.append(time.perf_counter() - started)
+        if ids is not None:
+            ids.append(job.id)
     return latencies
 
 
@@ -339,15 +342,26 @@ def _paired_c1(client: Client, settings: Settings, blocks: int, per_block: int) 
     """C=1 latency with wait 0 and with "auto" in alternating blocks on the same worker (set
     live), so that both see the same machine: the noise of a shared machine cancels out."""
     samples: dict[str, list[float]] = {"0": [], "auto": []}
+    ids: dict[str, list[str]] = {"0": [], "auto": []}
     for _ in range(blocks):
         for wait in (0.0, "auto"):
             _set_wait(settings, wait)
             time.sleep(0.7)  # applied within 0.5 s
-            samples[str(wait) if wait == "auto" else "0"] += _idle(client, per_block)
+            key = "auto" if wait == "auto" else "0"
+            samples[key] += _idle(client, per_block, ids[key])
     p50 = {key: statistics.median(values) * 1000 for key, values in samples.items()}
+    # The worker's side: from entry to batch start (the read, any wait, the start script),
+    # without the client's and the hand-off's noise.
+    waited = {
+        key: statistics.median(t.queue_wait_s for r in _records(client, job_ids) for t in r.timings)
+        * 1000
+        for key, job_ids in ids.items()
+    }
     return {
         "paired_c1_p50_ms": p50,
         "paired_c1_p50_auto_minus_wait0_ms": p50["auto"] - p50["0"],
+        "paired_c1_queue_wait_p50_ms": waited,
+        "paired_c1_queue_wait_auto_minus_wait0_ms": waited["auto"] - waited["0"],
         "paired_c1_requests_each": blocks * per_block,
     }
 
@@ -435,6 +449,14 @@ for _name in WAITS:
                 unit="ms",
                 at_most=0.3,
                 formula="median C=1 latency, blocks of 40 alternating wait 0 / auto set live",
+            ),
+            Derived(
+                "auto C=1 queue-wait p50 - wait 0's (paired blocks, job timings)",
+                ("wait-auto",),
+                lambda r: r["wait-auto"].extra.get("paired_c1_queue_wait_auto_minus_wait0_ms"),
+                unit="ms",
+                at_most=0.3,
+                formula="median StageTiming.queue_wait_s (entry -> batch start) of the same blocks",
             ),
             Derived(
                 "auto C=64 items/s / best fixed wait's (paired rounds, one worker)",
