@@ -14,7 +14,9 @@ The body is always JSON of one shape, never a traceback::
 - 409 ``IdempotencyConflict``: ``id`` of the job the key names
 - 429 ``QueueFull``: ``Retry-After``
 - 503 ``BrokerUnavailable`` (and redis-py's connection errors, should one slip by),
-  ``BrokerFull`` (Redis at its ``maxmemory``), ``NotReady``: ``Retry-After``
+  ``BrokerFull`` (Redis at its ``maxmemory``), ``NotReady``: ``Retry-After``; ``NotDurable``
+  (a durable submit queued but not confirmed on disk or on a replica): ``ids`` and ``urls`` of
+  the jobs it queued, which run
 - 504 ``ResultTimeout``: ``id`` and ``url`` of the job, which goes on: poll it
 - 500 any other ``BatchlineError`` (a deployment problem), and anything else (with its
   traceback)
@@ -44,6 +46,7 @@ from queueing.errors import (
     BrokerFull,
     BrokerUnavailable,
     IdempotencyConflict,
+    NotDurable,
     QueueFull,
     ResultTimeout,
     UnknownJob,
@@ -178,6 +181,18 @@ async def _batchline_error(request: Request, exc: Exception) -> Response:
             "broker_unavailable",
             f"Redis is unreachable; retry after {BROKER_RETRY_AFTER_S}s",
             _retry_after(BROKER_RETRY_AFTER_S),
+        )
+    if isinstance(exc, NotDurable):
+        # Queued all the same (the jobs run): the caller learns their ids, and that a crash
+        # (or failover) of the server before it syncs could lose them.
+        log.warning("answering 503: %s", exc)
+        return problem(
+            503,
+            "not_durable",
+            message,
+            _retry_after(BROKER_RETRY_AFTER_S),
+            ids=exc.job_ids,
+            urls=[job_path(request, job_id) for job_id in exc.job_ids],
         )
     if isinstance(exc, ResultTimeout):
         return problem(504, "timeout", message, id=exc.job_id, url=job_path(request, exc.job_id))

@@ -41,6 +41,44 @@ SyncRedis: TypeAlias = redis.Redis | redis.cluster.RedisCluster
 
 _KNOWN: dict[str, bool] = {}
 
+_UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+class Cluster(redis.cluster.RedisCluster):
+    """redis-py's cluster client, loading scripts on the masters that answer: its own
+    ``script_load`` (what a script's first call runs on NOSCRIPT) sends to every master and
+    fails if one is down, which would stop the partitions of every other master too."""
+
+    def script_load(self, script: Any) -> Any:
+        sha = None
+        error: Exception | None = None
+        for node in self.get_primaries():  # type: ignore[no-untyped-call]
+            try:
+                sha = self.execute_command(  # type: ignore[no-untyped-call]
+                    "SCRIPT LOAD", script, target_nodes=node
+                )
+            except _UNREACHABLE as exc:
+                error = exc
+        if sha is None:
+            raise error or redis.exceptions.ConnectionError("no master answered SCRIPT LOAD")
+        return sha
+
+
+class AsyncCluster(redis.asyncio.cluster.RedisCluster):
+    """Asyncio twin of :class:`Cluster`."""
+
+    async def script_load(self, script: Any) -> Any:
+        sha = None
+        error: Exception | None = None
+        for node in self.get_primaries():
+            try:
+                sha = await self.execute_command("SCRIPT LOAD", script, target_nodes=node)
+            except _UNREACHABLE as exc:
+                error = exc
+        if sha is None:
+            raise error or redis.exceptions.ConnectionError("no master answered SCRIPT LOAD")
+        return sha
+
 
 def is_cluster(url: str) -> bool:
     """Whether ``url`` names a node of a Redis Cluster (asked once per URL and process). A
@@ -141,4 +179,6 @@ def node_connection(client: redis.cluster.RedisCluster, key: str) -> redis.Redis
     if node is None or node.redis_connection is None:
         raise redis.exceptions.SlotNotCoveredError(f"no master serves the slot of {key!r}")
     kwargs = node.redis_connection.connection_pool.connection_kwargs
-    return redis.Redis(**_node_kwargs(kwargs), single_connection_client=True)
+    # (Not single_connection_client: that connects at once, here. A fresh pool used by one
+    # caller at a time hands back the same connection for each command anyway.)
+    return redis.Redis(**_node_kwargs(kwargs))

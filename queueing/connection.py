@@ -22,7 +22,7 @@ import redis.connection
 import redis.exceptions
 import redis.utils
 
-from queueing.cluster import AsyncRedis, SyncRedis, is_cluster
+from queueing.cluster import AsyncCluster, AsyncRedis, Cluster, SyncRedis, is_cluster
 from queueing.errors import BrokerUnavailable, ConfigError
 from queueing.settings import Settings
 
@@ -73,6 +73,13 @@ def _timeouts(settings: Settings, options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
+def _cluster_options(options: dict[str, Any]) -> dict[str, Any]:
+    """A cluster missing a master (failing over, or down) still serves the other masters'
+    partitions: redis-py's default would refuse every command until all slots are covered."""
+    options.setdefault("require_full_coverage", False)
+    return options
+
+
 def connect(settings: Settings, **options: Any) -> SyncRedis:
     """A blocking client (connection pool) for ``settings.redis_url``: a cluster client when
     it names a node of a Redis Cluster."""
@@ -80,7 +87,7 @@ def connect(settings: Settings, **options: Any) -> SyncRedis:
     url = _url(settings)
     try:
         if is_cluster(url):
-            return redis.cluster.RedisCluster.from_url(url, **options)
+            return Cluster.from_url(url, **_cluster_options(options))
         return redis.Redis.from_url(url, **options)
     except ValueError as exc:
         raise ConfigError(
@@ -103,7 +110,7 @@ def connect_async(settings: Settings, **options: Any) -> AsyncRedis:
         # Per node, and not a waiting pool (past it a command fails): a worker holds a blocking
         # read per stage and partition, so it needs more than a plain client.
         options.setdefault("max_connections", CLUSTER_POOL_SIZE)
-        return redis.asyncio.cluster.RedisCluster.from_url(url, **options)
+        return AsyncCluster.from_url(url, **_cluster_options(options))
     # Past its size, redis-py's default pool raises "Too many connections"; a blocking pool
     # makes a burst of requests (a gateway at high concurrency) wait for a connection instead.
     options.setdefault("max_connections", ASYNC_POOL_SIZE)

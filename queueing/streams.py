@@ -209,9 +209,17 @@ class StageQueue:
             self._collect_reads()
         if not self._ready:
             idle = [stream for stream in self._streams if stream not in self._reads]
-            replies = await asyncio.gather(*(self._read_one(s, since, count) for s in idle))
+            replies = await asyncio.gather(
+                *(self._read_one(s, since, count) for s in idle), return_exceptions=True
+            )
+            # What the masters that answered delivered is kept (it is pending on this consumer
+            # now) before an error of another (a master failing over) is raised.
             for reply in replies:
-                self._ready += self._deliveries(reply)
+                if not isinstance(reply, BaseException):
+                    self._ready += self._deliveries(reply)
+            errors = [reply for reply in replies if isinstance(reply, BaseException)]
+            if errors and not self._ready:
+                raise errors[0]
         if not self._ready and block_ms is not None and since == ">":
             for stream in self._streams:
                 if stream not in self._reads:

@@ -229,6 +229,21 @@ resubscribing by itself after a reconnection, with channels of several slots in 
 which a cluster refuses): each is followed by a fresh subscription, channel by channel."""
 
 
+MISSING_RETRY_S = 2.0
+"""How soon a listener that could not subscribe on some master (it is down, or failing over)
+tries again; meanwhile the waits on that master's jobs re-read their records."""
+
+
+def _missing(exc: BaseException, groups: int, missing: list[BaseException]) -> None:
+    """A master that could not be subscribed on: with others that could, the listener goes on
+    without it for a while (its waiters re-read their records); alone, it is an outage."""
+    if groups == 1 or len(missing) + 1 == groups:
+        raise exc
+    if not missing:
+        log.warning("result listener: a master is unreachable (%s); subscribing without it", exc)
+    missing.append(exc)
+
+
 class Listener:
     """Blocking twin: daemon threads, one per master that holds some of its channels (one for
     a standalone server)."""
@@ -284,14 +299,21 @@ class Listener:
             broken = threading.Event()
             readers: list[threading.Thread] = []
             try:
-                for connection, channels in _groups(self._client, self.channels):
+                groups = _groups(self._client, self.channels)
+                missing: list[BaseException] = []
+                for connection, channels in groups:
                     if connection is not self._client:
                         owned.append(connection)
                     pubsub = connection.pubsub()
+                    try:
+                        for channel in channels:  # (one by one: a cluster refuses CROSSSLOT)
+                            pubsub.ssubscribe(channel)
+                        self._confirm(pubsub, len(channels))
+                    except _LOST as exc:
+                        _missing(exc, len(groups), missing)
+                        pubsub.close()
+                        continue
                     pubsubs.append(pubsub)
-                    for channel in channels:  # (one by one: a cluster refuses CROSSSLOT)
-                        pubsub.ssubscribe(channel)
-                    self._confirm(pubsub, len(channels))
                 self._ready.set()
                 with self._lock:
                     self._hub.wake_all()  # anything that ended while we were not subscribed
@@ -299,8 +321,11 @@ class Listener:
                     reader = threading.Thread(target=self._read, args=(pubsub, broken), daemon=True)
                     reader.start()
                     readers.append(reader)
+                again = time.monotonic() + MISSING_RETRY_S if missing else float("inf")
                 while not self._stop.is_set() and not broken.is_set():
                     self._stop.wait(0.5)
+                    if time.monotonic() > again:
+                        broken.set()  # (subscribe again, on the masters that were missing too)
             except _LOST as exc:
                 self._error = exc
                 self._lost(exc)
@@ -419,20 +444,32 @@ class AsyncListener:
             owned: list[redis.asyncio.Redis] = []
             readers: list[asyncio.Task[None]] = []
             try:
-                for connection, channels in await _groups_async(self._client, self.channels):
+                groups = await _groups_async(self._client, self.channels)
+                missing: list[BaseException] = []
+                for connection, channels in groups:
                     if connection is not self._client:
                         owned.append(connection)
                     pubsub = connection.pubsub()
+                    try:
+                        for channel in channels:  # (one by one: a cluster refuses CROSSSLOT)
+                            await pubsub.ssubscribe(channel)
+                        await self._confirm(pubsub, len(channels))
+                    except _LOST as exc:
+                        _missing(exc, len(groups), missing)
+                        await pubsub.aclose()
+                        continue
                     pubsubs.append(pubsub)
-                    for channel in channels:  # (one by one: a cluster refuses CROSSSLOT)
-                        await pubsub.ssubscribe(channel)
-                    await self._confirm(pubsub, len(channels))
                 self._ready.set()
                 self._hub.wake_all()  # anything that ended while we were not subscribed
                 readers = [asyncio.create_task(self._read(pubsub)) for pubsub in pubsubs]
-                done, _ = await asyncio.wait(readers, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    readers,
+                    timeout=MISSING_RETRY_S if missing else None,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
                 for reader in done:
                     reader.result()  # raises what ended it
+                # (past the timeout: subscribe again, on the masters that were missing too)
             except _LOST as exc:
                 log.warning("result listener lost its subscription (%s); resubscribing", exc)
                 self._hub.wake_all()

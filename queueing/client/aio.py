@@ -279,7 +279,7 @@ class AsyncClient:
                     for reply in replies:  # (a server loading its data answers each call so)
                         if isinstance(reply, REDIS_DOWN):
                             raise reply
-                await self._wait_for_aof()
+                await self._wait_for_aof(plan.calls)
         return plan.results(replies)
 
     async def _send_to_master(self, call: SubmitCall) -> Any:
@@ -293,7 +293,7 @@ class AsyncClient:
                     reply = await self._submit(keys=keys, args=args)
         return reply
 
-    async def _wait_for_aof(self) -> None:
+    async def _wait_for_aof(self, calls: Sequence[SubmitCall]) -> None:
         """A durable submit on a standalone server: WAITAOF (a cluster's waits for a replica
         in :meth:`_submit_replicated` instead)."""
         if self.core.waitaof and not isinstance(self.redis, redis.asyncio.cluster.RedisCluster):
@@ -302,7 +302,7 @@ class AsyncClient:
             except redis.exceptions.ResponseError as exc:
                 self.core.waitaof_failed(exc)
             else:
-                self.core.check_waitaof(reply)
+                self.core.check_waitaof(reply, calls)
 
     async def _submit_replicated(self, call: SubmitCall, retry: bool) -> Any:
         """A durable submit in a cluster: the SUBMIT call, then WAIT on the same connection

@@ -284,11 +284,12 @@ class Core:
             int(self.settings.result_ttl_s),
         )
 
-    def check_waitaof(self, reply: Sequence[int]) -> None:
+    def check_waitaof(self, reply: Sequence[int], calls: Sequence[SubmitCall]) -> None:
         if int(reply[0]) < 1:
             raise NotDurable(
                 "the server did not fsync its AOF within 5 s (is appendfsync set to 'no'?): "
-                "the job is queued, but not known to be on disk"
+                "the job is queued, but not known to be on disk",
+                [job.id for call in calls for group in call.groups for job in group],
             )
 
     def check_replicated(self, replicas: int, call: SubmitCall) -> None:

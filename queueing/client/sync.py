@@ -278,7 +278,7 @@ class Client:
                     for reply in replies:  # (a server loading its data answers each call so)
                         if isinstance(reply, REDIS_DOWN):
                             raise reply
-                self._wait_for_aof()
+                self._wait_for_aof(plan.calls)
         return plan.results(replies)
 
     def _send_to_master(self, call: SubmitCall) -> Any:
@@ -292,7 +292,7 @@ class Client:
                     reply = self._submit(keys=keys, args=args)
         return reply
 
-    def _wait_for_aof(self) -> None:
+    def _wait_for_aof(self, calls: Sequence[SubmitCall]) -> None:
         """A durable submit on a standalone server: WAITAOF (a cluster's waits for a replica
         in :meth:`_submit_replicated` instead)."""
         if self.core.waitaof and not isinstance(self.redis, redis.cluster.RedisCluster):
@@ -301,7 +301,7 @@ class Client:
             except redis.exceptions.ResponseError as exc:
                 self.core.waitaof_failed(exc)
             else:
-                self.core.check_waitaof(reply)
+                self.core.check_waitaof(reply, calls)
 
     def _submit_replicated(self, call: SubmitCall, retry: bool) -> Any:
         """A durable submit in a cluster: the SUBMIT call, then WAIT on the same connection

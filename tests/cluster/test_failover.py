@@ -1,5 +1,5 @@
 """A master SIGKILLed under load, with a replica per master: the replica is promoted, the
-client, the workers and their waits follow it, and with durable submits (WAIT for a replica)
+client, a gateway, the workers and their waits follow it, and with durable submits (WAIT for a replica)
 no accepted job is lost.
 
 While the promoted master has no replica (its old master is down), a durable submit to its
@@ -16,6 +16,7 @@ from queueing.errors import BatchlineError, NotDurable
 from queueing.keys import Keys, partition_of
 from queueing.server import EmbeddedCluster
 from queueing.settings import Settings
+from tests.api.conftest import LiveGateway
 from tests.cluster.conftest import PARTITIONS, wait_served
 from tests.conftest import start_worker
 
@@ -38,6 +39,22 @@ def test_a_master_killed_under_load_loses_no_durably_accepted_job(
     refused: list[str] = []
     unreplicated: list[tuple[str, int]] = []
     stop = threading.Event()
+    answers: list[int] = []
+
+    def http_load(gateway: LiveGateway) -> None:
+        """Synchronous calls through the gateway: 200 with the right result, or a 503 while
+        the partition's master is away (the caller is told to retry) or has no replica yet
+        (``not_durable``: queued, with its id), nothing else."""
+        with gateway.client() as http:
+            n = 0
+            while not stop.is_set():
+                answer = http.post("/v1/pipelines/echo", json={"input": n})
+                answers.append(answer.status_code)
+                if answer.status_code == 200:
+                    assert answer.json()["result"] == n
+                elif answer.json()["error"] == "not_durable":  # (queued: it must end)
+                    unreplicated.append((answer.json()["ids"][0], n))
+                n += 1
 
     def load(client: Client) -> None:
         n = 0
@@ -53,8 +70,12 @@ def test_a_master_killed_under_load_loses_no_durably_accepted_job(
                 accepted_at.append(time.monotonic())
             n += 1
 
+    gateway: LiveGateway | None = None
     try:
         wait_served(settings, ["echo"], *workers)
+        gateway = LiveGateway(settings).start()
+        caller = threading.Thread(target=http_load, args=(gateway,))
+        caller.start()
         with Client(settings) as client:
             submitter = threading.Thread(target=load, args=(client,))
             submitter.start()
@@ -83,8 +104,14 @@ def test_a_master_killed_under_load_loses_no_durably_accepted_job(
                 if partition_of(job_id) == 0 and at > killed_at
             )
             time.sleep(1.0)
+            served_before = len(answers)
+            while answers[served_before:].count(200) < 2 * PARTITIONS:
+                assert time.monotonic() < limit + 30, "the gateway did not serve again"
+                time.sleep(0.05)
             stop.set()
             submitter.join(60)
+            caller.join(60)
+            assert set(answers) <= {200, 503}, sorted(set(answers))
             after = len(accepted) - before
             lost = []
             for job_id, n in accepted + unreplicated:
@@ -96,11 +123,14 @@ def test_a_master_killed_under_load_loses_no_durably_accepted_job(
                 f"\nfailover: accepted {len(accepted)} ({after} after the kill), queued without "
                 f"a replica {len(unreplicated)}, refused {len(refused)} {sorted(set(refused))}, "
                 f"lost {len(lost)}; replica promoted in {promoted_s:.2f} s; the killed "
-                f"partition took durable submits again after {recovered_s:.2f} s"
+                f"partition took durable submits again after {recovered_s:.2f} s; gateway: "
+                f"{answers.count(200)} answered 200, {answers.count(503)} 503"
             )
             assert lost == []
     finally:
         stop.set()
+        if gateway is not None:
+            gateway.stop()
         for worker in workers:
             worker.terminate()
         for worker in workers:
