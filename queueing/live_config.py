@@ -12,6 +12,7 @@ per-item path) and batch with the new values from their next batch on.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -60,7 +61,8 @@ def _not_int(value: Any) -> bool:
 
 
 def _not_number(value: Any) -> bool:
-    return isinstance(value, bool) or not isinstance(value, int | float) or value != value
+    """Not a finite number (NaN and infinities are refused: an infinite wait never ends)."""
+    return isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
 
 
 def validate(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -77,6 +77,7 @@ def test_bad_values_are_refused_with_a_clear_error(settings: Settings) -> None:
         (("max_batch_size=0",), "max_batch_size must be >= 1"),
         (("max_batch_size=many",), "max_batch_size: 'many' is not a number"),
         (("batch_wait_timeout_s=-1",), "batch_wait_timeout_s must be >= 0"),
+        (("batch_wait_timeout_s=inf",), "batch_wait_timeout_s must be >= 0"),
         (("max_latency_ms=0",), "max_latency_ms must be a number > 0"),
         (("colour=red",), "unknown setting 'colour'"),
         (("max_batch_size",), "expected NAME=VALUE"),
