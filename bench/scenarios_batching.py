@@ -343,8 +343,10 @@ def _paired_c1(client: Client, settings: Settings, blocks: int, per_block: int) 
     live), so that both see the same machine: the noise of a shared machine cancels out."""
     samples: dict[str, list[float]] = {"0": [], "auto": []}
     ids: dict[str, list[str]] = {"0": [], "auto": []}
-    for _ in range(blocks):
-        for wait in (0.0, "auto"):
+    for block in range(blocks):
+        # ABBA: neither setting always goes first (an order effect would pass for its own).
+        order: tuple[float | str, ...] = (0.0, "auto") if block % 2 == 0 else ("auto", 0.0)
+        for wait in order:
             _set_wait(settings, wait)
             time.sleep(0.7)  # applied within 0.5 s
             key = "auto" if wait == "auto" else "0"
