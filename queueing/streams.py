@@ -397,9 +397,10 @@ class StageQueue:
         return claimed, gone
 
     async def touch(self, deliveries: Iterable[Delivery]) -> None:
-        """Reset the idle time of entries this consumer still holds (they are being worked on)."""
+        """Reset the idle time of entries this consumer still holds (they are being worked on),
+        and of those a cluster's reads brought that wait in ``_ready`` for the next batch."""
         by_partition: dict[int, list[str]] = defaultdict(list)
-        for delivery in deliveries:
+        for delivery in [*deliveries, *self._ready]:  # (none: nothing to send)
             by_partition[delivery.partition].append(delivery.entry_id)
         for partition, entry_ids in by_partition.items():
             keys, args = touch_call(

@@ -118,6 +118,7 @@ class StageLoop:
         self._beat_log = OutageLog(log, f"stage {stage.name}: heartbeat")
         self._io_log = OutageLog(log, f"stage {stage.name}: redis")
         self.activity = StageRecorder(stage.name)
+        self._stats_log = OutageLog(log, f"stage {stage.name}: dashboard figures")
         """This stage's batches since the last heartbeat (for the dashboard)."""
 
     # -- the loop ----------------------------------------------------------------------------
@@ -453,9 +454,7 @@ class StageLoop:
 
     async def beat(self) -> None:
         """Keep this consumer's entries its own, and take over those of dead consumers."""
-        if self.held:
-            await self.queue.touch(list(self.held.values()))
-        await self.activity.publish(self.queue.redis, self.queue.keys)
+        await self.queue.touch(list(self.held.values()))
         # Claimed whatever the load (a standing backlog must not delay recovery), but not
         # while entries claimed earlier still wait for their turn.
         if not self._recovered:
@@ -471,6 +470,10 @@ class StageLoop:
                     "stage %s: claimed %d entries of a dead consumer", self.stage.name, len(claimed)
                 )
                 await self._recover(claimed)
+        # Last, and on its own: the dashboard's figures must never hold up the claims above
+        # (a full Redis refuses them, or their key's master is down in a cluster).
+        with self._stats_log.guard():
+            await self.activity.publish(self.queue.redis, self.queue.keys)
 
 
 def _call_sync(handler: BatchedHandler[Any], values: list[Any]) -> list[Any]:

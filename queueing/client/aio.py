@@ -18,11 +18,11 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.exceptions
 
-from queueing.client.core import SUBMIT_CHUNK, Core, SubmitPlan
+from queueing.client.core import NOT_REPLICATED, SUBMIT_CHUNK, Core, SubmitPlan
 from queueing.client.retry import Attempt, Backoff, outage_log
 from queueing.cluster import node_connection_async
 from queueing.connection import REDIS_DOWN, broker_errors, connect_async
-from queueing.errors import BrokerUnavailable, JobError, ResultTimeout, UnknownJob
+from queueing.errors import BatchlineError, JobError, ResultTimeout, UnknownJob
 from queueing.jobs import JobRecord, JobStatus, Snapshot
 from queueing.message import decode_result
 from queueing.registry import PipelineSpec, lookup, parse_registry
@@ -257,14 +257,19 @@ class AsyncClient:
         reply was lost) is answered as existing, not queued twice."""
         if isinstance(self.redis, redis.asyncio.cluster.RedisCluster):
             # A cluster pipeline runs no scripts: one call per partition, each atomic on its
-            # master; a master that stays unreachable fails its calls only.
+            # master; an error (a master unreachable, or full) fails that call's requests only.
             replies: list[Any] = []
-            for call in plan.calls:
+            unreplicated: dict[int, str] = {}
+            for index, call in enumerate(plan.calls):
                 try:
-                    replies.append(await self._send_to_master(call))
-                except BrokerUnavailable as exc:
-                    replies.append(exc)
-            return plan.results(replies)
+                    reply, replicated = await self._send_to_master(call)
+                except BatchlineError as exc:
+                    reply, replicated = exc, True
+                replies.append(reply)
+                if not replicated:
+                    unreplicated[index] = NOT_REPLICATED
+            return plan.results(replies, unreplicated)
+        not_synced: dict[int, str] = {}
         async for attempt in self._attempts():
             with attempt:
                 if len(plan.calls) == 1:  # the usual case: no pipeline, no SCRIPT EXISTS first
@@ -279,32 +284,34 @@ class AsyncClient:
                     for reply in replies:  # (a server loading its data answers each call so)
                         if isinstance(reply, REDIS_DOWN):
                             raise reply
-                await self._wait_for_aof(plan.calls)
-        return plan.results(replies)
+                not_synced = await self._wait_for_aof(len(plan.calls))
+        return plan.results(replies, not_synced)
 
-    async def _send_to_master(self, call: SubmitCall) -> Any:
-        """One SUBMIT call in a cluster, retried through a failover of its master."""
+    async def _send_to_master(self, call: SubmitCall) -> tuple[Any, bool]:
+        """One SUBMIT call in a cluster, retried through a failover of its master: its reply,
+        and whether a replica has it (always, for a submit that is not durable)."""
         async for attempt in self._attempts():
             with attempt:
                 if self.core.waitaof:
-                    reply = await self._submit_replicated(call, attempt.retry)
+                    reply, replicated = await self._submit_replicated(call, attempt.retry)
                 else:
                     keys, args = call.pack(retry=attempt.retry)
-                    reply = await self._submit(keys=keys, args=args)
-        return reply
+                    reply, replicated = await self._submit(keys=keys, args=args), True
+        return reply, replicated
 
-    async def _wait_for_aof(self, calls: Sequence[SubmitCall]) -> None:
-        """A durable submit on a standalone server: WAITAOF (a cluster's waits for a replica
-        in :meth:`_submit_replicated` instead)."""
+    async def _wait_for_aof(self, calls: int) -> dict[int, str]:
+        """A durable submit on a standalone server: WAITAOF; the calls not known to be on
+        disk (a cluster's waits for a replica in :meth:`_submit_replicated` instead)."""
         if self.core.waitaof and not isinstance(self.redis, redis.asyncio.cluster.RedisCluster):
             try:
                 reply = await self.redis.execute_command("WAITAOF", 1, 0, 5000)
             except redis.exceptions.ResponseError as exc:
                 self.core.waitaof_failed(exc)
             else:
-                self.core.check_waitaof(reply, calls)
+                return self.core.not_synced(reply, calls)
+        return {}
 
-    async def _submit_replicated(self, call: SubmitCall, retry: bool) -> Any:
+    async def _submit_replicated(self, call: SubmitCall, retry: bool) -> tuple[Any, bool]:
         """A durable submit in a cluster: the SUBMIT call, then WAIT on the same connection
         to the partition's master, so that it returns once a replica has the jobs (the replica
         a failover promotes). A slot that moved meanwhile refreshes the client's view of the
@@ -327,8 +334,7 @@ class AsyncClient:
             raise
         finally:
             await master.aclose()
-        self.core.check_replicated(replicas, call)
-        return reply
+        return reply, int(replicas) >= 1
 
     async def job(self, job_id: str) -> AsyncJob:
         """A handle on an existing job (UnknownJob if there is none)."""

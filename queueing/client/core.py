@@ -168,10 +168,13 @@ class SubmitPlan:
         return index
 
     def results(
-        self, replies: Sequence[Any]
+        self, replies: Sequence[Any], not_durable: Mapping[int, str] | None = None
     ) -> list[list[tuple[str, bool]] | BatchlineError | Exception]:
         """Per request: each input's job id and whether this call created it (else it was
-        named by its idempotency key), or the error that request met."""
+        named by its idempotency key), or the error that request met. ``not_durable``: the
+        calls (by index) that ran but were not confirmed durable, with why: a request with
+        jobs in one gets NotDurable naming its own jobs (and only those)."""
+        not_durable = not_durable or {}
         out: list[list[tuple[str, bool]] | BatchlineError | Exception] = []
         for number, request in enumerate(self._requests):
             ids: list[tuple[str, bool]] = []
@@ -207,8 +210,21 @@ class SubmitPlan:
                 queued = [i for i in range(len(request.places)) if i not in missing]
                 done = {i: job_id for i, (job_id, _) in zip(queued, ids, strict=True)}
                 error = PartiallyQueued(done, unreachable, error)
+            unsure = [not_durable[c] for c, _, _ in request.places if c in not_durable]
+            if error is None and unsure:
+                error = NotDurable(unsure[0], [job_id for job_id, _ in ids])
             out.append(error if error is not None else ids)
         return out
+
+
+NOT_SYNCED = (
+    "the server did not fsync its AOF within 5 s (is appendfsync set to 'no'?): the job is "
+    "queued, but not known to be on disk"
+)
+NOT_REPLICATED = (
+    "no replica of the partition's master acknowledged the submit within 5 s: the job is "
+    "queued, but a failover of that master before it replicates loses it"
+)
 
 
 def _user_key(full: str | None) -> str:
@@ -284,21 +300,12 @@ class Core:
             int(self.settings.result_ttl_s),
         )
 
-    def check_waitaof(self, reply: Sequence[int], calls: Sequence[SubmitCall]) -> None:
-        if int(reply[0]) < 1:
-            raise NotDurable(
-                "the server did not fsync its AOF within 5 s (is appendfsync set to 'no'?): "
-                "the job is queued, but not known to be on disk",
-                [job.id for call in calls for group in call.groups for job in group],
-            )
-
-    def check_replicated(self, replicas: int, call: SubmitCall) -> None:
-        if int(replicas) < 1:
-            raise NotDurable(
-                "no replica of the partition's master acknowledged the submit within 5 s: the "
-                "job is queued, but a failover of that master before it replicates loses it",
-                [job.id for group in call.groups for job in group],
-            )
+    def not_synced(self, reply: Sequence[int], calls: int) -> dict[int, str]:
+        """WAITAOF's answer as :meth:`SubmitPlan.results` takes it: every call, if the AOF
+        was not fsynced."""
+        if int(reply[0]) >= 1:
+            return {}
+        return dict.fromkeys(range(calls), NOT_SYNCED)
 
     def waitaof_failed(self, exc: redis.exceptions.ResponseError) -> None:
         if is_unknown_command(exc):

@@ -17,11 +17,11 @@ import redis
 import redis.cluster
 import redis.exceptions
 
-from queueing.client.core import SUBMIT_CHUNK, Core, SubmitPlan
+from queueing.client.core import NOT_REPLICATED, SUBMIT_CHUNK, Core, SubmitPlan
 from queueing.client.retry import Attempt, Backoff, outage_log
 from queueing.cluster import node_connection
 from queueing.connection import REDIS_DOWN, broker_errors, connect
-from queueing.errors import BrokerUnavailable, JobError, ResultTimeout, UnknownJob
+from queueing.errors import BatchlineError, JobError, ResultTimeout, UnknownJob
 from queueing.jobs import JobRecord, JobStatus, Snapshot
 from queueing.message import decode_result
 from queueing.registry import PipelineSpec, lookup, parse_registry
@@ -256,14 +256,19 @@ class Client:
         reply was lost) is answered as existing, not queued twice."""
         if isinstance(self.redis, redis.cluster.RedisCluster):
             # A cluster pipeline runs no scripts: one call per partition, each atomic on its
-            # master; a master that stays unreachable fails its calls only.
+            # master; an error (a master unreachable, or full) fails that call's requests only.
             replies: list[Any] = []
-            for call in plan.calls:
+            unreplicated: dict[int, str] = {}
+            for index, call in enumerate(plan.calls):
                 try:
-                    replies.append(self._send_to_master(call))
-                except BrokerUnavailable as exc:
-                    replies.append(exc)
-            return plan.results(replies)
+                    reply, replicated = self._send_to_master(call)
+                except BatchlineError as exc:
+                    reply, replicated = exc, True
+                replies.append(reply)
+                if not replicated:
+                    unreplicated[index] = NOT_REPLICATED
+            return plan.results(replies, unreplicated)
+        not_synced: dict[int, str] = {}
         for attempt in self._attempts():
             with attempt:
                 if len(plan.calls) == 1:  # the usual case: no pipeline, no SCRIPT EXISTS first
@@ -278,32 +283,34 @@ class Client:
                     for reply in replies:  # (a server loading its data answers each call so)
                         if isinstance(reply, REDIS_DOWN):
                             raise reply
-                self._wait_for_aof(plan.calls)
-        return plan.results(replies)
+                not_synced = self._wait_for_aof(len(plan.calls))
+        return plan.results(replies, not_synced)
 
-    def _send_to_master(self, call: SubmitCall) -> Any:
-        """One SUBMIT call in a cluster, retried through a failover of its master."""
+    def _send_to_master(self, call: SubmitCall) -> tuple[Any, bool]:
+        """One SUBMIT call in a cluster, retried through a failover of its master: its reply,
+        and whether a replica has it (always, for a submit that is not durable)."""
         for attempt in self._attempts():
             with attempt:
                 if self.core.waitaof:
-                    reply = self._submit_replicated(call, attempt.retry)
+                    reply, replicated = self._submit_replicated(call, attempt.retry)
                 else:
                     keys, args = call.pack(retry=attempt.retry)
-                    reply = self._submit(keys=keys, args=args)
-        return reply
+                    reply, replicated = self._submit(keys=keys, args=args), True
+        return reply, replicated
 
-    def _wait_for_aof(self, calls: Sequence[SubmitCall]) -> None:
-        """A durable submit on a standalone server: WAITAOF (a cluster's waits for a replica
-        in :meth:`_submit_replicated` instead)."""
+    def _wait_for_aof(self, calls: int) -> dict[int, str]:
+        """A durable submit on a standalone server: WAITAOF; the calls not known to be on
+        disk (a cluster's waits for a replica in :meth:`_submit_replicated` instead)."""
         if self.core.waitaof and not isinstance(self.redis, redis.cluster.RedisCluster):
             try:
                 reply = self.redis.execute_command("WAITAOF", 1, 0, 5000)
             except redis.exceptions.ResponseError as exc:
                 self.core.waitaof_failed(exc)
             else:
-                self.core.check_waitaof(reply, calls)
+                return self.core.not_synced(reply, calls)
+        return {}
 
-    def _submit_replicated(self, call: SubmitCall, retry: bool) -> Any:
+    def _submit_replicated(self, call: SubmitCall, retry: bool) -> tuple[Any, bool]:
         """A durable submit in a cluster: the SUBMIT call, then WAIT on the same connection
         to the partition's master, so that it returns once a replica has the jobs (the replica
         a failover promotes). A slot that moved meanwhile refreshes the client's view of the
@@ -326,8 +333,7 @@ class Client:
             raise
         finally:
             master.close()
-        self.core.check_replicated(replicas, call)
-        return reply
+        return reply, int(replicas) >= 1
 
     def job(self, job_id: str) -> Job:
         """A handle on an existing job (UnknownJob if there is none)."""
