@@ -144,10 +144,26 @@ def balanced_slot_ranges(masters: int, partitions: int) -> list[tuple[int, int]]
     return [(bounds[i], bounds[i + 1] - 1) for i in range(masters)]
 
 
+_NODE_OPTIONS = (
+    "host",
+    "port",
+    "username",
+    "password",
+    "credential_provider",
+    "socket_timeout",
+    "socket_connect_timeout",
+)
+
+
 def _node_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The connection options of a cluster node that a plain client takes too."""
-    keep = ("host", "port", "username", "password", "socket_timeout", "socket_connect_timeout")
-    return {name: kwargs[name] for name in keep if name in kwargs}
+    """The connection options of a cluster node that a plain client takes too: address,
+    credentials, timeouts and TLS (a ``rediss://`` cluster's node connections stay TLS)."""
+    out = {name: kwargs[name] for name in _NODE_OPTIONS if name in kwargs}
+    tls = {name: value for name, value in kwargs.items() if name.startswith("ssl_")}
+    connection_class = kwargs.get("connection_class")
+    if tls or (connection_class is not None and "SSL" in connection_class.__name__):
+        out.update(tls, ssl=True)
+    return out
 
 
 def master_name(
