@@ -32,6 +32,7 @@ import hmac
 import http.client
 import ipaddress
 import socket
+import ssl
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -96,11 +97,33 @@ def refused(url: str, allow: Iterable[str] = ()) -> str | None:
     """Why ``url`` may not be called (it resolves to a private, loopback, link-local, reserved
     or multicast address), or None. ``allow``: hosts, addresses or networks (CIDR) let through
     all the same (``BATCHLINE_WEBHOOK_ALLOW``)."""
+    return vet(url, allow)[0]
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _embedded_ipv4(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Any:
+    """The IPv4 address an IPv6 one carries (mapped, 6to4, NAT64), else the address itself:
+    ``64:ff9b::a9fe:a9fe`` is 169.254.169.254 behind a NAT64 gateway, yet "global"."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return address.ipv4_mapped
+        if address.sixtofour is not None:
+            return address.sixtofour
+        if address in _NAT64:
+            return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address
+
+
+def vet(url: str, allow: Iterable[str] = ()) -> tuple[str | None, str | None]:
+    """(why ``url`` may not be called, None) or (None, the address to connect to). A delivery
+    connects to that very address, so a name that resolves to a public address for the check
+    and to a private one for the request (DNS rebinding) reaches nothing else."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     allowed = [a.strip() for a in allow if a.strip()]
-    if host in allowed:
-        return None
+    host_allowed = host in allowed
     networks = []
     for item in allowed:
         try:
@@ -111,17 +134,18 @@ def refused(url: str, allow: Iterable[str] = ()) -> str | None:
         port = parts.port or (443 if parts.scheme == "https" else 80)
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, ValueError) as exc:
-        return f"cannot resolve {host!r}: {exc}"
+        return f"cannot resolve {host!r}: {exc}", None
     for info in infos:
         address = ipaddress.ip_address(info[4][0])
-        if any(address in network for network in networks):
+        if host_allowed or any(address in network for network in networks):
             continue
-        if not address.is_global or address.is_multicast:
+        inner = _embedded_ipv4(address)
+        if not (address.is_global and inner.is_global) or address.is_multicast:
             return (
                 f"{host} resolves to {address}, a non-public address "
                 "(allow it with BATCHLINE_WEBHOOK_ALLOW)"
-            )
-    return None
+            ), None
+    return None, str(infos[0][4][0])
 
 
 def backoff(retries: int, base_s: float) -> list[int]:
@@ -152,7 +176,7 @@ def enqueue_delivery(
         job_id,
         url,
         job_id=rq_id,
-        description=f"batchline webhook: job {job_id} -> {urlsplit(url).netloc}",
+        description=f"batchline webhook: job {job_id} -> {_where(url)}",
         retry=Retry(max=retries, interval=backoff(retries, settings.webhook_backoff_s))
         if retries
         else None,
@@ -198,8 +222,9 @@ def deliver(job_id: str, url: str) -> str:
         pipe.execute()
 
     last = not job.retries_left
-    why = refused(url, settings.webhook_allow)
-    if why is not None:
+    why, address = vet(url, settings.webhook_allow)
+    if why is not None or address is None:
+        why = why or "no address"
         record("refused", why, final=True)
         return f"refused: {why}"
     if not settings.webhook_secret:
@@ -211,25 +236,59 @@ def deliver(job_id: str, url: str) -> str:
         "User-Agent": "batchline-webhooks",
     }
     try:
-        code, text = _post(url, body, headers, settings.webhook_timeout_s)
+        code, text = _post(url, address, body, headers, settings.webhook_timeout_s)
     except (OSError, http.client.HTTPException) as exc:
         record("error", f"{type(exc).__name__}: {exc}"[:500], final=last)
-        raise RetryableDelivery(f"{url}: {type(exc).__name__}") from exc
+        raise RetryableDelivery(f"{_where(url)}: {type(exc).__name__}") from exc
     status = str(code)
     if code >= 500:
         record(status, text, final=last)
-        raise RetryableDelivery(f"{url} answered {status}")
+        raise RetryableDelivery(f"{_where(url)} answered {status}")
     record(status, "" if 200 <= code < 300 else text, final=True)
     return status
 
 
-def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> tuple[int, str]:
-    """POST ``body``; the status and the first 200 characters of the answer. (http.client:
-    each delivery runs in a fresh rq work horse, where importing an HTTP library would cost
-    more than the request.)"""
+def _where(url: str) -> str:
+    """A URL as logs may show it: scheme, host and port (no credentials, path or query, where
+    a receiver's token may be)."""
     parts = urlsplit(url)
-    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    connection = kind(parts.hostname or "", parts.port, timeout=timeout)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname or ''}{port}"
+
+
+class _PinnedHTTP(http.client.HTTPConnection):
+    """An HTTP connection to ``address`` (the vetted one) for ``host``'s requests."""
+
+    def __init__(self, host: str, port: int | None, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self.address, self.port), self.timeout)
+
+
+class _PinnedHTTPS(http.client.HTTPSConnection):
+    """An HTTPS connection to ``address``, verifying ``host``'s certificate (SNI: ``host``)."""
+
+    def __init__(self, host: str, port: int | None, address: str, timeout: float) -> None:
+        self.context = ssl.create_default_context()
+        super().__init__(host, port, timeout=timeout, context=self.context)
+        self.address = address
+
+    def connect(self) -> None:
+        raw = socket.create_connection((self.address, self.port), self.timeout)
+        self.sock = self.context.wrap_socket(raw, server_hostname=self.host)
+
+
+def _post(
+    url: str, address: str, body: bytes, headers: dict[str, str], timeout: float
+) -> tuple[int, str]:
+    """POST ``body`` to ``address`` (for ``url``'s host); the status and the first 200
+    characters of the answer. (http.client: each delivery runs in a fresh rq work horse, where
+    importing an HTTP library would cost more than the request.)"""
+    parts = urlsplit(url)
+    kind = _PinnedHTTPS if parts.scheme == "https" else _PinnedHTTP
+    connection = kind(parts.hostname or "", parts.port, address, timeout)
     try:
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         connection.request("POST", path, body=body, headers=headers)

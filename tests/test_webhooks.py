@@ -24,7 +24,16 @@ from queueing.client import Client
 from queueing.jobs import Snapshot
 from queueing.keys import Keys
 from queueing.settings import Settings
-from queueing.webhooks import HEADER, QUEUE, check_url, enqueue_delivery, refused, sign, verify
+from queueing.webhooks import (
+    HEADER,
+    QUEUE,
+    check_url,
+    enqueue_delivery,
+    refused,
+    sign,
+    verify,
+    vet,
+)
 from tests.bulk_pipelines import t_gate
 from tests.conftest import ROOT, worker_env
 from tests.support import Workers, register, wait_exit, wait_until
@@ -317,3 +326,22 @@ def test_a_submit_without_a_webhook_sends_what_it_sent_before(
     assert plain["cmdstat_sadd"] == 0
     assert hooked["cmdstat_sadd"] == 10
     assert hooked["cmdstat_xadd"] == hooked["cmdstat_hset"] == 10
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[64:ff9b::a9fe:a9fe]/hook",  # NAT64 of 169.254.169.254
+        "http://[2002:a9fe:a9fe::1]/hook",  # 6to4 of 169.254.169.254
+        "http://[::ffff:127.0.0.1]/hook",  # IPv4-mapped loopback
+    ],
+)
+def test_addresses_that_carry_a_private_ipv4_address_are_refused(url: str) -> None:
+    assert refused(url) is not None
+
+
+def test_a_delivery_connects_to_the_address_that_was_checked() -> None:
+    """(DNS rebinding: the name is resolved once, for the check; the request goes there.)"""
+    why, address = vet("http://localhost:9/hook", ["localhost"])
+    assert why is None
+    assert address in ("127.0.0.1", "::1")
