@@ -305,10 +305,13 @@ class BulkRun:
                 if not self.job.connection.exists(key):
                     continue
                 self.cancelled = True
-                for job_id in list(client.submitted):
+                # (deque.copy() is one C call: the map's thread cannot change it meanwhile)
+                for job_id in client.submitted.copy():
                     client.cancel(job_id)
             except Exception:
-                log.exception("bulk %s: the cancel watcher failed", self.job.id)
+                # A Redis blip: ask again at the next poll (a cancel is idempotent).
+                log.exception("bulk %s: the cancel watcher failed; trying again", self.job.id)
+                continue
             return
 
     def _drain_bad(
