@@ -264,6 +264,7 @@ class DeadLetters:
             self.keys.stream(letter.partition, letter.stage),
             self.keys.job(letter.job_id),
             self.keys.stats(letter.partition),
+            self.keys.webhooks_pending(letter.partition),
             dead_id=letter.id,
             job_id=letter.job_id,
             stage=letter.stage,

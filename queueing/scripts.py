@@ -264,10 +264,11 @@ def requeue_call(
     stream: str,
     job_key: str,
     stats: str,
+    webhooks: str,
     *,
     dead_id: str,
     job_id: str,
     stage: str,
     now: str,
 ) -> Call:
-    return [dead, stream, job_key, stats], [dead_id, job_id, stage, now]
+    return [dead, stream, job_key, stats, webhooks], [dead_id, job_id, stage, now]

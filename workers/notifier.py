@@ -89,15 +89,23 @@ class Notifier:
         """Enqueue the delivery of an ended job, then forget it (in this order: a crash in
         between leaves it pending, and the next sweep finds its delivery enqueued)."""
         partition = int(job_id.split("-", 1)[0])
+        pending = self.keys.webhooks_pending(partition)
+        key = self.keys.job(job_id)
         if url is None:
-            found = self.redis.hmget(self.keys.job(job_id), "webhook", "finished_at")
-            url, ended_at = cast(list[bytes | None], found)
+            url, ended_at = cast(
+                list[bytes | None], self.redis.hmget(key, "webhook", "finished_at")
+            )
+            if url and not ended_at:
+                return  # live again (requeued from its dead letters): its next end is pending
         if url and enqueue_delivery(
             self.redis, job_id, url.decode(), self.settings, (ended_at or b"").decode()
         ):
             self.enqueued += 1
             log.info("notifier: delivery of job %s enqueued", job_id)
-        self.redis.srem(self.keys.webhooks_pending(partition), job_id)
+        self.redis.srem(pending, job_id)
+        if url and (self.redis.hget(key, "finished_at") or b"") != (ended_at or b""):
+            # Requeued meanwhile (live again, or ended anew): its next end stays pending.
+            self.redis.sadd(pending, job_id)
 
     def sweep(self) -> int:
         """Hand over every pending job that has ended (or whose record is gone); how many."""
