@@ -2,8 +2,9 @@
 polls ``/v1/admin/overview``) and the dead-letter routes under ``/v1/admin/dead`` (the same
 tools as ``batchline dlq``, see :mod:`queueing.deadletter`).
 
-Every ``/v1/admin`` route needs an API key when keys are on, as the rest of ``/v1`` does (any
-configured key: keys carry no roles). The page itself holds no data and is served to anyone;
+Every ``/v1/admin`` route needs an API key when keys are on, as the rest of ``/v1`` does, and
+one of ``BATCHLINE_ADMIN_KEYS`` when that is set (a 403 for another key): dead letters hold every
+caller's inputs, and settings are the operators'. Unset, any configured key may. The page itself holds no data and is served to anyone;
 it asks for a key when the API answers 401 and keeps it in the tab only (sessionStorage).
 """
 
@@ -13,13 +14,13 @@ import time
 from importlib.resources import files
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from api.documents import ErrorDocument, JSONResponse, error_responses
-from api.errors import ApiError, InvalidInput
+from api.errors import ApiError, Forbidden, InvalidInput
 from api.gateway import Gateway
 from api.routes import GatewayDep, Owner
 from queueing.cluster import AsyncRedis
@@ -56,6 +57,15 @@ class NotRequeued(ApiError):
     code = "not_requeued"
 
 
+async def _admin(gateway: GatewayDep, owner: Owner) -> str | None:
+    """The caller, if it may use the admin routes (see the module's docstring)."""
+    if gateway.admins and owner not in gateway.admins:
+        raise Forbidden("this API key may not use the admin routes (see BATCHLINE_ADMIN_KEYS)")
+    return owner
+
+
+Admin = Annotated[str | None, Depends(_admin)]
+
 admin = APIRouter(prefix="/v1/admin", tags=["admin"])
 dashboard = APIRouter(include_in_schema=False)
 
@@ -90,9 +100,9 @@ def _static(name: str, media_type: str) -> Response:
     "/overview",
     response_model=None,
     summary="Everything the dashboard shows",
-    responses=error_responses(401, 503),
+    responses=error_responses(401, 403, 503),
 )
-async def get_overview(gateway: GatewayDep, owner: Owner) -> Response:
+async def get_overview(gateway: GatewayDep, owner: Admin) -> Response:
     """Per pipeline and stage: backlog, in flight, counters, items/s over the last five minutes
     (5 s buckets), batch sizes, p50/p99 of queue wait and compute, live workers, dead letters
     (count and the newest five); and every live worker with its device and last heartbeat."""
@@ -103,13 +113,13 @@ async def get_overview(gateway: GatewayDep, owner: Owner) -> Response:
     "/dead/{pipeline}/{stage}",
     response_model=None,
     summary="A stage's dead letters, newest first",
-    responses=error_responses(401, 422, 503),
+    responses=error_responses(401, 403, 422, 503),
 )
 async def list_dead(
     pipeline: str,
     stage: str,
     gateway: GatewayDep,
-    owner: Owner,
+    owner: Admin,
     limit: Annotated[int, Query(ge=1, le=1000, description="The newest N")] = 100,
 ) -> Response:
     letters = _letters(gateway)
@@ -126,10 +136,10 @@ async def list_dead(
     "/dead/{pipeline}/{stage}/jobs/{job_id}",
     response_model=None,
     summary="One job's dead letter, with its payload",
-    responses=error_responses(401, 404, 422, 503),
+    responses=error_responses(401, 403, 404, 422, 503),
 )
 async def show_dead(
-    pipeline: str, stage: str, job_id: str, gateway: GatewayDep, owner: Owner
+    pipeline: str, stage: str, job_id: str, gateway: GatewayDep, owner: Admin
 ) -> Response:
     letter = await _find(gateway, _stage(pipeline, stage), job_id)
     return JSONResponse(letter.to_dict(with_data=True))
@@ -139,10 +149,10 @@ async def show_dead(
     "/dead/{pipeline}/{stage}/jobs/{job_id}/requeue",
     response_model=None,
     summary="Requeue one job at the stage it died in",
-    responses={**error_responses(401, 404, 422, 503), **_409},
+    responses={**error_responses(401, 403, 404, 422, 503), **_409},
 )
 async def requeue_one(
-    pipeline: str, stage: str, job_id: str, gateway: GatewayDep, owner: Owner
+    pipeline: str, stage: str, job_id: str, gateway: GatewayDep, owner: Admin
 ) -> Response:
     """The job goes back to queued at this stage, its attempts here reset; it then runs and
     ends once, as any job (its waiters are woken by that end)."""
@@ -158,9 +168,9 @@ async def requeue_one(
     "/dead/{pipeline}/{stage}/requeue",
     response_model=None,
     summary="Requeue every dead letter of a stage",
-    responses=error_responses(401, 422, 503),
+    responses=error_responses(401, 403, 422, 503),
 )
-async def requeue_all(pipeline: str, stage: str, gateway: GatewayDep, owner: Owner) -> Response:
+async def requeue_all(pipeline: str, stage: str, gateway: GatewayDep, owner: Admin) -> Response:
     """One answer per dead letter: `requeued`, or why not."""
     with broker_errors():
         answers = await _letters(gateway).requeue_all(_stage(pipeline, stage))
@@ -171,9 +181,9 @@ async def requeue_all(pipeline: str, stage: str, gateway: GatewayDep, owner: Own
     "/dead/{pipeline}/{stage}",
     response_model=None,
     summary="Purge a stage's dead letters",
-    responses=error_responses(401, 422, 503),
+    responses=error_responses(401, 403, 422, 503),
 )
-async def purge(pipeline: str, stage: str, gateway: GatewayDep, owner: Owner) -> Response:
+async def purge(pipeline: str, stage: str, gateway: GatewayDep, owner: Admin) -> Response:
     """Deletes them; their jobs stay failed."""
     name = _stage(pipeline, stage)
     with broker_errors():
@@ -209,10 +219,10 @@ class StageSettingsBody(BaseModel):
     "/config/{pipeline}/{stage}",
     response_model=None,
     summary="A stage's batch settings in force",
-    responses=error_responses(401, 404, 422, 503),
+    responses=error_responses(401, 403, 404, 422, 503),
 )
 async def get_stage_settings(
-    pipeline: str, stage: str, gateway: GatewayDep, owner: Owner
+    pipeline: str, stage: str, gateway: GatewayDep, owner: Admin
 ) -> Response:
     """The values in force and since when (`settings_since`: null while the values declared
     in code are in force)."""
@@ -226,10 +236,10 @@ async def get_stage_settings(
     "/config/{pipeline}/{stage}",
     response_model=None,
     summary="Change a stage's batch settings live",
-    responses=error_responses(401, 404, 422, 503),
+    responses=error_responses(401, 403, 404, 422, 503),
 )
 async def put_stage_settings(
-    pipeline: str, stage: str, body: StageSettingsBody, gateway: GatewayDep, owner: Owner
+    pipeline: str, stage: str, body: StageSettingsBody, gateway: GatewayDep, owner: Admin
 ) -> Response:
     """Sets `max_batch_size`, `batch_wait_timeout_s` and/or `max_latency_ms` for the stage:
     its running workers batch with them within a second (no restart), and the pipeline's
@@ -249,10 +259,10 @@ async def put_stage_settings(
     "/config/{pipeline}/{stage}",
     response_model=None,
     summary="Drop a stage's live batch settings",
-    responses=error_responses(401, 404, 422, 503),
+    responses=error_responses(401, 403, 404, 422, 503),
 )
 async def reset_stage_settings(
-    pipeline: str, stage: str, gateway: GatewayDep, owner: Owner
+    pipeline: str, stage: str, gateway: GatewayDep, owner: Admin
 ) -> Response:
     """The values declared in code are in force again (workers apply them within a second)."""
     name = _stage(pipeline, stage)

@@ -186,6 +186,7 @@ def request_body(model: type[BaseModel], description: str) -> dict[str, Any]:
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
         401: "No API key, or an unknown one.",
+        403: "This API key may not use the admin routes (BATCHLINE_ADMIN_KEYS).",
         404: "Unknown pipeline or job (another key's job is unknown too).",
         409: "The Idempotency-Key names a job with a different input.",
         413: "The body is over BATCHLINE_MAX_BODY_BYTES.",

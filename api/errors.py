@@ -127,6 +127,13 @@ class Unauthorized(ApiError):
     code = "unauthorized"
 
 
+class Forbidden(ApiError):
+    """A valid API key that may not do this (an admin route, with BATCHLINE_ADMIN_KEYS)."""
+
+    status = 403
+    code = "forbidden"
+
+
 class NotReady(ApiError):
     """Redis answers but the gateway cannot serve yet (no pipeline is registered)."""
 

@@ -47,6 +47,8 @@ class Gateway:
         self.client = client
         self.metrics = metrics
         self.keys = ApiKeys(settings.api_keys)
+        self.admins = ApiKeys(settings.admin_keys).digests
+        """Digests that may use the admin routes (empty: every key may)."""
         self.schemas = SchemaChecker()
         self.batcher = SubmitBatcher(client)
         self._registry_read_at = -math.inf

@@ -58,6 +58,9 @@ class Settings:
     worker_name: str | None = None
     """Stable consumer name (a restarted worker re-reads its own pending entries)."""
     api_keys: tuple[str, ...] = ()
+    admin_keys: tuple[str, ...] = ()
+    """Digests (among ``api_keys``) that may use the admin routes (/v1/admin: dead letters,
+    live settings, the dashboard's data); empty: every API key may."""
     """SHA-256 hex digests of accepted API keys; empty means no auth."""
     public_ops: bool = False
     """With API keys on: whether /metrics and /readyz's list of pipelines are open without a

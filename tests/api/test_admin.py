@@ -123,3 +123,24 @@ def _stage(overview: dict[str, object], name: str) -> dict[str, object]:
             if stage["name"] == name:
                 return stage  # type: ignore[no-any-return]
     raise AssertionError(f"no stage {name} in the overview")
+
+
+def test_with_admin_keys_only_they_may_use_the_admin_routes(
+    secured_settings: Settings,
+    register: Callable[[Settings], None],
+    start_gateway: Callable[[Settings], LiveGateway],
+) -> None:
+    """BATCHLINE_ADMIN_KEYS: another valid key gets a 403 on every admin route (dead letters
+    hold every caller's inputs), and may still use the rest of /v1."""
+    admin_key, admin_digest = new_key()
+    settings = secured_settings.replace(api_keys=(DIGEST, admin_digest), admin_keys=(admin_digest,))
+    register(settings)
+    gateway = start_gateway(settings)
+    with gateway.client(**{"X-API-Key": KEY}) as tenant:
+        assert tenant.get("/v1/admin/overview").status_code == 403
+        assert tenant.get(DEAD).status_code == 403
+        assert tenant.delete(DEAD).status_code == 403
+        assert tenant.get("/v1/pipelines").status_code == 200
+    with gateway.client(**{"X-API-Key": admin_key}) as admin:
+        assert admin.get("/v1/admin/overview").status_code == 200
+        assert admin.get(DEAD).status_code == 200
