@@ -38,6 +38,7 @@ from queueing.bulk import (
     document,
     enqueue,
     fetch,
+    prune_uploads,
     rq_connection,
 )
 from queueing.keys import Keys
@@ -115,6 +116,8 @@ async def submit_bulk(
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BulkTooLarge(limit)
+    # Uploads older than their rq jobs go first (a disk of uploads is not kept for ever).
+    await run_in_threadpool(prune_uploads, settings.bulk_dir)
     bulk_id = str(uuid.uuid4())
     folder = await anyio.Path(settings.bulk_dir).resolve() / bulk_id
     await folder.mkdir(parents=True)

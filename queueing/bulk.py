@@ -11,11 +11,14 @@ neither the worker code nor a model).
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -146,6 +149,32 @@ class Progress:
         return min(1.0, (self.done + self.failed) / self.total)
 
 
+KEEP_S = 7 * 86400
+"""How long a bulk job is kept once it has ended: its rq record, and the folder of an upload
+over HTTP (its input, results and failures)."""
+
+
+def prune_uploads(folder: str | os.PathLike[str], keep_s: float = KEEP_S) -> list[str]:
+    """Delete the upload folders under ``folder`` that nothing has written to for ``keep_s``
+    (their rq job is gone by then); their names."""
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    cutoff = time.time() - keep_s
+    removed = []
+    for upload in root.iterdir():
+        if not upload.is_dir():
+            continue
+        try:
+            touched = max([upload.stat().st_mtime, *(f.stat().st_mtime for f in upload.iterdir())])
+        except OSError:
+            continue  # (another gateway removed it meanwhile)
+        if touched < cutoff:
+            shutil.rmtree(upload, ignore_errors=True)
+            removed.append(upload.name)
+    return removed
+
+
 def rq_connection(settings: Settings) -> redis.Redis:
     """A plain client for rq (which speaks to one server, not a cluster) at REDIS_URL."""
     if not settings.redis_url:
@@ -209,8 +238,8 @@ def enqueue(
         "description": spec.describe(),
         "meta": {"bulk": progress.to_meta(), "pipeline": spec.pipeline, "owner": spec.owner},
         "job_timeout": -1,  # a file takes what it takes; a killed run resumes (checkpoints)
-        "result_ttl": 7 * 86400,
-        "failure_ttl": 7 * 86400,
+        "result_ttl": KEEP_S,
+        "failure_ttl": KEEP_S,
         "retry": Retry(max=BULK_RETRIES, interval=RETRY_INTERVALS),
         "job_id": job_id,
     }

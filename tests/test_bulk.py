@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from rq import Queue
 from rq.registry import StartedJobRegistry
 
 from batchline.cli import main
-from queueing.bulk import QUEUE, BulkSpec, Progress, fetch, list_documents
+from queueing.bulk import KEEP_S, QUEUE, BulkSpec, Progress, fetch, list_documents, prune_uploads
 from queueing.errors import ConfigError
 from queueing.settings import Settings
 from tests.bulk_pipelines import GATE, t_gate
@@ -284,3 +285,16 @@ def test_parquet_without_pyarrow_names_the_extra(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"batchline\[parquet\]"):
         count_rows(spec)
+
+
+def test_upload_folders_past_their_keep_time_are_pruned(tmp_path: Path) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    for folder in (old, new):
+        folder.mkdir()
+        (folder / "input.jsonl").write_text("1\n")
+    long_ago = time.time() - KEEP_S - 60
+    for path in (old, old / "input.jsonl"):
+        os.utime(path, (long_ago, long_ago))
+    assert prune_uploads(tmp_path) == ["old"]
+    assert not old.exists()
+    assert (new / "input.jsonl").exists()
