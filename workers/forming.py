@@ -113,13 +113,19 @@ class BatchFormer:
 
     def drain(self) -> list[list[Delivery]]:
         """The carried entries as batches (when the loop stops: they run before it ends)."""
+        carried, self.carry = self.carry, []
+        return self.cut(carried)
+
+    def cut(self, deliveries: list[Delivery], most: int | None = None) -> list[list[Delivery]]:
+        """``deliveries`` in order as batches within the count and cost bounds (and of at
+        most ``most`` items): for entries recovered from a dead consumer, say."""
         batches = []
-        while self.carry:
-            deliveries, self.carry = self.carry, []
-            size = self._take(deliveries)
+        while deliveries:
+            size = self._take(deliveries[:most] if most else deliveries)
             batches.append(deliveries[:size])
-            self.carry = deliveries[size:]
-        self._values.clear()
+            for delivery in deliveries[:size]:
+                self._values.pop(delivery.entry_id, None)
+            deliveries = deliveries[size:]
         return batches
 
     # -- cost ----------------------------------------------------------------------------------

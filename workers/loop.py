@@ -214,7 +214,7 @@ class StageLoop:
             self.held[delivery.entry_id] = delivery
         attempts = await self._persist("read attempts", lambda: self.queue.attempts(deliveries))
         last = self.settings.max_deliveries - 1
-        full, half = self.config.max_items, max(1, self.config.max_items // 2)
+        half = max(1, self.config.max_items // 2)
         fresh: list[Delivery] = []
         split: list[Delivery] = []
         alone: list[Delivery] = []
@@ -228,10 +228,11 @@ class StageLoop:
         # Never started first: a crash re-delivers what is still queued here without counting
         # an attempt, and an entry delivered DELIVERY_CAP x max_deliveries times unstarted is
         # dead-lettered.
-        for at in range(0, len(fresh), full):
-            self._recovered.append(_Batch(fresh[at : at + full]))
-        for at in range(0, len(split), half):
-            self._recovered.append(_Batch(split[at : at + half], suspect=True))
+        # (within the count and cost bounds, as batches read new: see BatchFormer.cut)
+        self._recovered.extend(_Batch(chunk) for chunk in self.former.cut(fresh))
+        self._recovered.extend(
+            _Batch(chunk, suspect=True) for chunk in self.former.cut(split, half)
+        )
         self._recovered.extend(_Batch([delivery], suspect=True) for delivery in alone)
 
     async def _put(self, batch: _Batch) -> None:

@@ -18,6 +18,7 @@ from queueing.settings import Settings
 from tests.support import Workers
 from tests.workers.batching_pipelines import COST_BOUND, t_cost
 from tests.workers.support import (
+    KEYS,
     assert_drained,
     batches,
     register,
@@ -163,3 +164,22 @@ def test_the_registry_names_the_cost_function(settings: Settings, client: Client
 def test_a_bad_cost_bound_is_refused(bad: int) -> None:
     with pytest.raises(ValueError, match="max_batch_size"):
         batch(max_batch_size=bad, batch_size_fn=sum)
+
+
+def test_entries_claimed_from_a_dead_consumer_keep_the_cost_bound(
+    settings: Settings, client: Client, workers: Workers, redis_client: redis.Redis
+) -> None:
+    """A consumer that read 12 entries and died (never started them): the live worker claims
+    them after the visibility timeout and runs them in batches within the cost bound (two of
+    cost 4 each, not one of 8 items)."""
+    settings = settings.replace(pipelines=PIPELINES)
+    register(settings, t_cost)
+    jobs = client.submit_many("t_cost", [{"x": i, "n": 4} for i in range(12)])
+    taken = redis_client.xreadgroup(STAGE, "ghost", {KEYS.stream(0, STAGE): ">"}, count=12)
+    assert len(taken[0][1]) == 12
+    workers.start(STAGE, name="alive", settings=settings)
+    records = wait_finished(jobs, 30)
+    assert [r.status for r in records] == [JobStatus.DONE] * 12
+    assert sorted(seen(redis_client, STAGE)) == list(range(12))
+    assert batches(redis_client, STAGE) == [2] * 6
+    assert_drained(redis_client, [STAGE])
