@@ -169,7 +169,10 @@ class StageLoop:
         same name), then new ones, in batches; recovered entries first whenever there are."""
         try:
             # (a crash's batch, restarted at once by a supervisor, is a suspect like any other)
-            await self._recover(await self.queue.reread_own(OWN_PENDING_LIMIT))
+            own = await self._persist(
+                "read own pending", lambda: self.queue.reread_own(OWN_PENDING_LIMIT)
+            )
+            await self._recover(own)
             while not stop.is_set():
                 while self._recovered:
                     await self._put_recovered(self._recovered.popleft())
