@@ -195,15 +195,23 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _by_master(
+    client: redis.cluster.RedisCluster | redis.asyncio.cluster.RedisCluster,
+    channels: Sequence[str],
+) -> list[list[str]]:
+    """The channels, grouped by the master that owns each one's slot."""
+    by_node: dict[str, list[str]] = defaultdict(list)
+    for channel in channels:
+        by_node[master_name(client, channel)].append(channel)
+    return list(by_node.values())
+
+
 def _groups(client: SyncRedis, channels: Sequence[str]) -> list[tuple[redis.Redis, list[str]]]:
     """Where to subscribe: the client itself for a standalone server; in a cluster, a plain
     client to each master that owns some of the channels' slots (with its channels)."""
     if not isinstance(client, redis.cluster.RedisCluster):
         return [(client, list(channels))]
-    by_node: dict[str, list[str]] = defaultdict(list)
-    for channel in channels:
-        by_node[master_name(client, channel)].append(channel)
-    return [(node_connection(client, names[0]), names) for names in by_node.values()]
+    return [(node_connection(client, names[0]), names) for names in _by_master(client, channels)]
 
 
 async def _groups_async(
@@ -213,10 +221,9 @@ async def _groups_async(
     if not isinstance(client, redis.asyncio.cluster.RedisCluster):
         return [(client, list(channels))]
     await client.initialize()
-    by_node: dict[str, list[str]] = defaultdict(list)
-    for channel in channels:
-        by_node[master_name(client, channel)].append(channel)
-    return [(node_connection_async(client, names[0]), names) for names in by_node.values()]
+    return [
+        (node_connection_async(client, names[0]), names) for names in _by_master(client, channels)
+    ]
 
 
 class _Moved(Exception):
