@@ -4,6 +4,8 @@ processes that never outlive a test, bounded waits, and reading what happened in
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -97,6 +99,9 @@ def wait_exit(process: subprocess.Popen[bytes], timeout: float, what: str = "wor
     try:
         return process.wait(timeout)
     except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGUSR1)  # a worker logs what its tasks wait for
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(2)
         raise AssertionError(
             f"the {what} (pid {process.pid}) still runs after {timeout:g}s"
         ) from None

@@ -3,7 +3,8 @@ until their streams are empty).
 
 SIGTERM / SIGINT: stop reading, finish and hand off the batches in hand, exit 0. SIGKILL:
 nothing is lost either; the entries this process held stay pending and a live worker claims
-them once the visibility timeout has passed without a heartbeat from this one.
+them once the visibility timeout has passed without a heartbeat from this one. SIGUSR1 logs
+what each of its tasks is waiting for, and every thread's stack (to see why a worker idles).
 
 At start-up a worker waits for a server that is still loading its dataset, then publishes its
 pipelines and sweeps its stages (:mod:`queueing.housekeeping`: consumers and workers that are
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
+import io
 import logging
 import os
 import signal
@@ -85,6 +88,8 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGUSR1, self.dump_tasks)
         try:
             await wait_until_ready(client, log, f"worker {self.consumer}: start-up")
             full = OutageLog(log, f"worker {self.consumer}: start-up")
@@ -154,10 +159,18 @@ class Worker:
                 sum(loop.processed for loop in self.loops),
             )
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
             await client.aclose()
+
+    def dump_tasks(self) -> None:
+        """Log every asyncio task with the stack it waits in, then every thread's stack."""
+        text = io.StringIO()
+        for task in asyncio.all_tasks():
+            task.print_stack(limit=12, file=text)
+        log.warning("worker %s: tasks:\n%s", self.consumer, text.getvalue())
+        faulthandler.dump_traceback(all_threads=True)
 
     async def _beat(self, client: Any, info: dict[str, Any]) -> None:
         """Heartbeat of the worker registry; housekeeping every SWEEP_EVERY visibility

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 
+import pytest
 import redis
 
 from queueing.client import Client
@@ -97,3 +98,22 @@ def test_burst_drains_every_stage_of_a_chain(
     )
     assert [r.result for r in wait_finished(jobs, 1)] == [(i + 1) * 10 for i in range(6)]
     assert_drained(redis_client, ["t_chain.first", "t_chain.second"])
+
+
+def test_sigusr1_logs_what_each_task_waits_for_and_keeps_serving(
+    settings: Settings, client: Client, workers: Workers, capfd: pytest.CaptureFixture[str]
+) -> None:
+    register(settings, t_batch)
+    worker = workers.start(STAGE)
+    assert client.submit("t_batch", {"x": 1}).result(timeout=20) == {"x": 1, "y": 2}
+    worker.send_signal(signal.SIGUSR1)
+    logged: list[str] = []
+
+    def dumped() -> bool:
+        logged.append(capfd.readouterr().err)
+        return "_read_loop" in "".join(logged)
+
+    wait_until(dumped, 10, "no task dump logged")
+    assert client.submit("t_batch", {"x": 2}).result(timeout=20) == {"x": 2, "y": 4}
+    worker.send_signal(signal.SIGTERM)
+    assert wait_exit(worker, 20) == 0
