@@ -44,6 +44,7 @@ from queueing.cluster import (
 )
 from queueing.connection import REDIS_DOWN
 from queueing.jobs import Snapshot
+from queueing.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -439,9 +440,7 @@ class AsyncListener:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def _run(self) -> None:

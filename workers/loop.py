@@ -35,6 +35,7 @@ from queueing.streams import (
     never_started,
     too_many_attempts,
 )
+from queueing.tasks import cancel_and_wait
 from workers.batching import BatchConfig, BatchContractError, BatchedHandler
 from workers.device import limit_torch_threads, torch_threads
 from workers.forming import BatchFormer
@@ -158,9 +159,7 @@ class StageLoop:
             )
         finally:
             for task in (reader, keeper):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await cancel_and_wait(task)
             self._executor.shutdown(wait=False)
             await self.queue.close()
 

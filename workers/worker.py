@@ -38,6 +38,7 @@ from queueing.connection import (
 from queueing.housekeeping import Swept, sweep
 from queueing.settings import Settings
 from queueing.streams import StageQueue, consumer_name, heartbeat, retire
+from queueing.tasks import cancel_and_wait
 from workers.device import limit_torch_threads, resolve_device, torch_threads
 from workers.live import LiveSettingsWatcher
 from workers.loop import StageLoop
@@ -141,9 +142,7 @@ class Worker:
                         group.create_task(stage_loop.run(self.stop), name=stage_loop.stage.name)
             finally:
                 for task in (beats, live):
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                    await cancel_and_wait(task)
             try:
                 await retire(client, self.settings, self.consumer)
             except REDIS_DOWN as exc:
