@@ -365,12 +365,20 @@ class AsyncClient:
         async for event in self.events(job.id):  # noqa: RUF100, UP028 (sync twin)
             yield event
 
-    async def events(self, job_id: str, *, after: str = "0") -> AsyncIterator[StreamEvent]:
+    async def events(
+        self,
+        job_id: str,
+        *,
+        after: str = "0",
+        ends: bool = False,
+    ) -> AsyncIterator[StreamEvent]:
         """A job's streamed outputs after the event id ``after`` ("0": from the start), in
         order: ``chunk`` and ``restart`` events; the iteration stops when the job is done, and
         raises its JobError (JobFailed, JobCancelled, JobExpired) if it ended without a result;
         UnknownJob if there is no such job (or it expired). The job of a pipeline that does not
-        stream yields its result as one chunk (with no id to resume from).
+        stream yields its result as one chunk (with no id to resume from). ``ends``: yield the
+        ``end`` event last instead (whatever the job's status; its id is "" if the job ended
+        without writing one), and raise nothing for the job's outcome.
 
         Reads block at most STREAM_BLOCK_MS at a time; in between, the job's status is read,
         so a reader never hangs on a job that ended without an ``end`` entry (cancelled while
@@ -391,7 +399,9 @@ class AsyncClient:
             for event in events:
                 cursor = event.id
                 if event.kind == END:
-                    if event.status != JobStatus.DONE:
+                    if ends:
+                        yield event
+                    elif event.status != JobStatus.DONE:
                         status = JobStatus(event.status or JobStatus.FAILED)
                         raise job_error(job.id, status, event.error, None)
                     return
@@ -400,10 +410,14 @@ class AsyncClient:
                 continue
             if ended is not None:
                 # Ended with no end entry: never streamed (or it ended before a worker ran it).
-                if cursor == "0" and ended.status is JobStatus.DONE:
+                done = ended.status is JobStatus.DONE
+                if cursor == "0" and done:
                     yield StreamEvent(job.id, "", CHUNK, decode_result(ended.outcome()), 0)
-                    return
-                decode_result(ended.outcome())  # (raises its error)
+                if ends:
+                    error = None if done else ended.value.decode(errors="replace")
+                    yield StreamEvent(job.id, "", END, status=str(ended.status), error=error)
+                elif not done:
+                    raise ended.error()
                 return
             snapshot = await job.snapshot()
             if snapshot.status.finished:
