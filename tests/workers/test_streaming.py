@@ -242,3 +242,23 @@ def test_a_streaming_stage_must_be_last() -> None:
         Pipeline("bad", streams, after).compile()
     with pytest.raises(TypeError, match="continuous=True takes a step handler"):
         batch(continuous=True)(streams.fn)
+
+
+def test_the_generate_example_streams_deterministic_tokens(
+    settings: Settings, workers: Workers
+) -> None:
+    from pipelines.examples.generate import VOCAB, generate
+
+    register(settings, generate)
+    workers.start("generate.generate", settings=settings)
+    prompts = [{"prompt": "once upon a time", "max_tokens": 5}, {"prompt": "hi"}]
+    with Client(settings) as client:
+        first = [[e.value for e in client.stream("generate", p)] for p in prompts]
+        again = client.submit("generate", prompts[0]).result(timeout=30)
+        bad = client.submit("generate", {"prompt": "x", "max_tokens": 0})
+        with pytest.raises(JobFailed, match="max_tokens must be an integer"):
+            bad.result(timeout=30)
+    assert len(first[0]) == 5
+    assert len(first[1]) in (8, 64)
+    assert all(token in VOCAB for tokens in first for token in tokens)
+    assert again == first[0]
