@@ -42,8 +42,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -202,6 +204,7 @@ class StreamingLoop(StageLoop):
         ]
         partitions = [r.item.delivery.partition for r in running]
         answers = await self._persist("emit", lambda: self.writer.emit(partitions, steps))
+        suspects = bool(self._suspects)
         for r, step, answer in zip(running, steps, answers, strict=True):
             r.first = False
             if answer == "ok" and not step.end:
@@ -217,7 +220,7 @@ class StreamingLoop(StageLoop):
                     self.stage.name,
                     r.item.delivery.entry_id,
                 )
-        if not self._suspects:
+        if suspects and not self._suspects:
             self._suspects_ran.set()
         if not self.running:
             await self._close_generator()
@@ -230,7 +233,8 @@ class StreamingLoop(StageLoop):
             if self.handler.is_async:
                 outputs = await self.handler.call_raw(slots)
             else:
-                outputs = await loop.run_in_executor(self._executor, self.handler.call_raw, slots)
+                call = self.handler.call_raw
+                outputs = await loop.run_in_executor(self._executor, _in_model_thread, call, slots)
             return self.handler.check(slots, outputs)
         if self.handler.is_async:
             try:
@@ -238,7 +242,9 @@ class StreamingLoop(StageLoop):
             except StopAsyncIteration:
                 step = _FINISHED
         else:
-            step = await loop.run_in_executor(self._executor, next, self._generator, _FINISHED)
+            step = await loop.run_in_executor(
+                self._executor, _in_model_thread, next, self._generator, _FINISHED
+            )
         if step is _FINISHED:
             return [StopIteration] * len(running)
         step = self.handler.check(range(self._generator_size), step)
@@ -287,3 +293,13 @@ class StreamingLoop(StageLoop):
                 await loop.run_in_executor(self._executor, generator.close)
         except Exception as exc:  # (its items have their outcomes already)
             log.warning("stage %s: closing the batch's generator raised %r", self.stage.name, exc)
+
+
+def _in_model_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run one step of a sync handler in the model thread, under torch.inference_mode when
+    torch is used (as :func:`workers.loop._call_sync` runs a batch)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return fn(*args)
+    with torch.inference_mode():
+        return fn(*args)
