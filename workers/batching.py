@@ -220,6 +220,11 @@ class BatchedHandler(Generic[T]):
 
     def __call__(self, item: Any) -> Any:
         """One input: batched with concurrent calls. Async handlers return an awaitable."""
+        if self.streaming is not None:
+            raise TypeError(
+                f"{self.name} streams its outputs: serve it in a pipeline and read its chunks "
+                "with Client.stream / AsyncClient.stream (it is not callable in-process)"
+            )
         if self.is_async:
             loop = asyncio.get_running_loop()
             batcher = self._async_batchers.get(loop)

@@ -242,6 +242,8 @@ def test_a_streaming_stage_must_be_last() -> None:
         Pipeline("bad", streams, after).compile()
     with pytest.raises(TypeError, match="continuous=True takes a step handler"):
         batch(continuous=True)(streams.fn)
+    with pytest.raises(TypeError, match="streams its outputs: serve it in a pipeline"):
+        streams({"x": 1})
 
 
 def test_the_generate_example_streams_deterministic_tokens(
