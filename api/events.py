@@ -21,11 +21,21 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
+from starlette.responses import StreamingResponse
+
 from queueing.chunks import StreamEvent
 from queueing.errors import BatchlineError
 from queueing.message import dumps
 
 MEDIA_TYPE = "text/event-stream"
+
+
+class EventStream(StreamingResponse):
+    """A ``text/event-stream`` response (what the routes declare in the OpenAPI document)."""
+
+    media_type = MEDIA_TYPE
+
+
 HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 """(no proxy may buffer or cache the stream)"""
 

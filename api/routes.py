@@ -8,7 +8,7 @@ from typing import Annotated, Any, cast
 from fastapi import APIRouter, Depends, Header, Query, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from api import events
 from api.auth import presented_key
@@ -211,6 +211,7 @@ async def cancel_job(job_id: str, request: Request, gateway: GatewayDep, owner: 
 @v1.post(
     "/pipelines/{name}/stream",
     response_model=None,
+    response_class=events.EventStream,
     summary="Run one input and stream its outputs (Server-Sent Events)",
     responses={**events.RESPONSES, **error_responses(401, 404, 409, 413, 415, 422, 429, 503)},
     openapi_extra={**request_body(RunBody, _BODY), **_HOT_DOCS},
@@ -239,12 +240,13 @@ async def stream(name: str, request: Request) -> Response:
         events.frame("job", job),
     )
     headers = {**events.HEADERS, "Location": job["url"]}
-    return StreamingResponse(body, media_type=events.MEDIA_TYPE, headers=headers)
+    return events.EventStream(body, headers=headers)
 
 
 @v1.get(
     "/jobs/{job_id}/events",
     response_model=None,
+    response_class=events.EventStream,
     summary="Follow a job's streamed outputs (Server-Sent Events), or resume them",
     responses={**events.RESPONSES, **error_responses(401, 404, 503)},
     openapi_extra={"security": _HOT_DOCS["security"]},
@@ -265,7 +267,7 @@ async def job_events(
     gateway, owner = _caller(request)
     found = await gateway.events(job_id, owner, last_event_id or "0")
     body = events.sse(found, job_id, gateway.settings.max_wait_s)
-    return StreamingResponse(body, media_type=events.MEDIA_TYPE, headers=events.HEADERS)
+    return events.EventStream(body, headers=events.HEADERS)
 
 
 @v1.get(
