@@ -92,3 +92,12 @@ def static_pairs(items: list[dict[str, Any]]) -> Any:
 
 
 t_static = Pipeline("t_static", stage(static_pairs, name="model"), example={"x": 1, "n": 3})
+
+
+@batch(max_batch_size=4)
+def lengthen(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A plain first stage: each item streams twice as many chunks."""
+    return [{**item, "n": 2 * int(item["n"])} for item in items]
+
+
+t_pre = Pipeline("t_pre", lengthen, stage(gen, name="model"), example={"x": 1, "n": 3})

@@ -264,3 +264,14 @@ def test_the_generate_example_streams_deterministic_tokens(
     assert len(first[1]) in (8, 64)
     assert all(token in VOCAB for tokens in first for token in tokens)
     assert again == first[0]
+
+
+def test_a_streaming_last_stage_streams_what_the_stage_before_it_handed_on(
+    stream_settings: Settings, workers: Workers
+) -> None:
+    from tests.workers.streaming_pipelines import t_pre
+
+    register(stream_settings, t_pre)
+    workers.start("t_pre", settings=stream_settings)
+    with Client(stream_settings) as client:
+        assert [e.value for e in client.stream("t_pre", {"x": 4, "n": 2})] == chunks(4, 4)
