@@ -114,8 +114,6 @@ class StreamingLoop(StageLoop):
         self.waiting: deque[_Item] = deque()
         """Started items that wait for a place in the running batch (held: touched by
         heartbeats)."""
-        self.steps = 0
-        """Steps run (for tests and the bench)."""
         self._generator: Any = None
         self._generator_size = 0
         self._suspects: set[str] = set()
@@ -197,7 +195,6 @@ class StreamingLoop(StageLoop):
             )
             outputs = [exc] * len(running)
         elapsed = time.perf_counter() - clock
-        self.steps += 1
         self.activity.record(len(running), elapsed, 0.0, 0.0)
         steps = [
             self._emitted(r, output, elapsed) for r, output in zip(running, outputs, strict=True)
