@@ -23,6 +23,7 @@ from typing import Any
 
 from starlette.responses import StreamingResponse
 
+from api.documents import error_responses
 from queueing.chunks import StreamEvent
 from queueing.errors import BatchlineError
 from queueing.message import dumps
@@ -39,12 +40,23 @@ class EventStream(StreamingResponse):
 HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 """(no proxy may buffer or cache the stream)"""
 
-RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "Server-Sent Events, one per chunk (see the route's description).",
-        "content": {MEDIA_TYPE: {"schema": {"type": "string"}}},
+
+def responses(*errors: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI responses of an event-stream route: 200 ``text/event-stream``, and its
+    errors as JSON (before the stream starts; the route's own media type is the stream's)."""
+    out: dict[int | str, dict[str, Any]] = {
+        200: {
+            "description": "Server-Sent Events, one per chunk (see the route's description).",
+            "content": {MEDIA_TYPE: {"schema": {"type": "string"}}},
+        }
     }
-}
+    for status, doc in error_responses(*errors).items():
+        schema = doc["model"].model_json_schema()
+        out[status] = {
+            "description": doc["description"],
+            "content": {"application/json": {"schema": schema}},
+        }
+    return out
 
 
 def frame(kind: str, data: Any, event_id: str = "") -> bytes:

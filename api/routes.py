@@ -213,7 +213,7 @@ async def cancel_job(job_id: str, request: Request, gateway: GatewayDep, owner: 
     response_model=None,
     response_class=events.EventStream,
     summary="Run one input and stream its outputs (Server-Sent Events)",
-    responses={**events.RESPONSES, **error_responses(401, 404, 409, 413, 415, 422, 429, 503)},
+    responses=events.responses(401, 404, 409, 413, 415, 422, 429, 503),
     openapi_extra={**request_body(RunBody, _BODY), **_HOT_DOCS},
 )
 async def stream(name: str, request: Request) -> Response:
@@ -248,7 +248,7 @@ async def stream(name: str, request: Request) -> Response:
     response_model=None,
     response_class=events.EventStream,
     summary="Follow a job's streamed outputs (Server-Sent Events), or resume them",
-    responses={**events.RESPONSES, **error_responses(401, 404, 503)},
+    responses=events.responses(401, 404, 422, 503),
     openapi_extra={"security": _HOT_DOCS["security"]},
 )
 async def job_events(
