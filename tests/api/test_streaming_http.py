@@ -162,3 +162,18 @@ def test_events_of_an_unknown_job_or_a_bad_last_event_id_are_refused(http: httpx
     bad = http.get("/v1/jobs/0-" + "0" * 32 + "/events", headers={"Last-Event-ID": "x"})
     assert bad.status_code == 422
     assert http.post("/v1/pipelines/nope/stream", json={"input": 1}).status_code == 404
+
+
+def test_a_stream_stays_open_at_most_max_wait_s_then_says_timeout(
+    stream_settings: Settings,
+    register: Callable[[Settings], None],
+    start_gateway: Callable[[Settings], LiveGateway],
+) -> None:
+    """No worker runs the job: the response ends with a timeout event; the job goes on."""
+    settings = stream_settings.replace(max_wait_s=1.0)
+    register(settings)
+    with start_gateway(settings).client() as http:
+        _, events = stream(http, "t_gen", {"x": 1, "n": 2})
+        assert [e.kind for e in events] == ["job", "timeout"]
+        assert events[1].data == {"id": events[0].data["id"]}
+        assert http.get(events[0].data["url"]).json()["status"] == "queued"
