@@ -7,7 +7,10 @@ Two handler shapes, both ``@batch``-decorated, sync or async:
   each ``yield`` is one step, a list aligned with the batch, one chunk per item;
   ``StopIteration`` (the class or an instance) in an item's position ends that item, which
   gets nothing more; returning ends every item still streaming. The batch runs until all its
-  items have ended, then the next one starts (static batches)::
+  items have ended, then the next one starts (static batches). The value of each ``yield``
+  is the set of positions of the items stopped since the previous step (cancelled, or taken
+  over by another worker; empty most of the time): a generator may skip their work
+  (``gone = yield outputs``), one that ignores it computes them until its batch ends::
 
       @batch(max_batch_size=8)
       def generate(prompts):
@@ -27,8 +30,9 @@ Two handler shapes, both ``@batch``-decorated, sync or async:
 A job's result (what ``result()`` and a poll answer) is the list of its chunks. An exception
 in an item's position fails that item; a handler that raises fails every item of the step
 (chunks already streamed cannot be taken back, so a batch is not split to isolate the culprit).
-A cancelled job stops at its next step: a step handler never gets it again; a generator's
-batch is closed as soon as none of its items is streaming. A streaming stage is its pipeline's
+A cancelled job stops at its next step: a step handler never gets it again; a generator is
+told (the value of its ``yield``), and its batch is closed as soon as none of its items is
+streaming. A streaming stage is its pipeline's
 last (the pipeline refuses one that hands on).
 
 Every step is one EMIT per partition (:class:`~queueing.chunks.ChunkWriter`): the chunks of all
@@ -116,6 +120,10 @@ class StreamingLoop(StageLoop):
         heartbeats)."""
         self._generator: Any = None
         self._generator_size = 0
+        self._gone: set[int] = set()
+        """Positions in the generator's batch of items stopped since its last step (cancelled,
+        or claimed by another worker): sent to it as the value of its ``yield``."""
+        self._started = False
         self._suspects: set[str] = set()
 
     @property
@@ -175,6 +183,7 @@ class StreamingLoop(StageLoop):
         if not self.continuous:
             self._generator = self.handler.call_raw([item.value for item in joining])
             self._generator_size = len(joining)
+            self._gone, self._started = set(), False
         self.running += [
             _Running(item, Slot(item.value), position, now, size)
             for position, item in enumerate(joining)
@@ -211,7 +220,9 @@ class StreamingLoop(StageLoop):
             self._suspects.discard(r.item.delivery.entry_id)
             if answer == "ok":
                 self.processed += 1
-            elif answer == "fenced":
+                continue
+            self._gone.add(r.position)
+            if answer == "fenced":
                 log.info(
                     "stage %s: entry %s was claimed by another worker; its stream is theirs",
                     self.stage.name,
@@ -233,14 +244,18 @@ class StreamingLoop(StageLoop):
                 call = self.handler.call_raw
                 outputs = await loop.run_in_executor(self._executor, _in_model_thread, call, slots)
             return self.handler.check(slots, outputs)
+        # The first step starts the generator (sends None); each later one sends the
+        # positions of the items stopped since (most generators ignore it: `yield [...]`).
+        gone = frozenset(self._gone) if self._started else None
+        self._gone, self._started = set(), True
         if self.handler.is_async:
             try:
-                step = await self._generator.__anext__()
+                step = await self._generator.asend(gone)
             except StopAsyncIteration:
                 step = _FINISHED
         else:
             step = await loop.run_in_executor(
-                self._executor, _in_model_thread, next, self._generator, _FINISHED
+                self._executor, _in_model_thread, _send, self._generator, gone
             )
         if step is _FINISHED:
             return [StopIteration] * len(running)
@@ -300,3 +315,12 @@ def _in_model_thread(fn: Callable[..., Any], *args: Any) -> Any:
         return fn(*args)
     with torch.inference_mode():
         return fn(*args)
+
+
+def _send(generator: Any, value: Any) -> Any:
+    """The generator's next step (``_FINISHED`` once it has returned: a StopIteration cannot
+    cross into the event loop's future)."""
+    try:
+        return generator.send(value)
+    except StopIteration:
+        return _FINISHED

@@ -40,13 +40,17 @@ def output(item: dict[str, Any], step: int) -> Any:
 
 @batch(max_batch_size=4)
 def gen(items: list[dict[str, Any]]) -> Any:
-    """A sync generator: static streaming batches."""
+    """A sync generator: static streaming batches. It skips the items it is told have
+    stopped (cancelled): the value of its ``yield``."""
     longest = max(int(item["n"]) for item in items)
+    stopped: set[int] = set()
     for step in range(longest):
-        delay = record_step("t_gen.model", [i for i in items if step < int(i["n"])])
+        live = [i for k, i in enumerate(items) if step < int(i["n"]) and k not in stopped]
+        delay = record_step("t_gen.model", live)
         if delay:
             time.sleep(delay)
-        yield [output(item, step) for item in items]
+        gone = yield [output(item, step) for item in items]
+        stopped |= gone or set()
 
 
 t_gen = Pipeline("t_gen", stage(gen, name="model"), example={"x": 1, "n": 3})
