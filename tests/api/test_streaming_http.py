@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from api.auth import digest
 from queueing.settings import Settings
 from tests.api.conftest import LiveGateway
 from tests.conftest import start_worker
@@ -177,3 +178,22 @@ def test_a_stream_stays_open_at_most_max_wait_s_then_says_timeout(
         assert [e.kind for e in events] == ["job", "timeout"]
         assert events[1].data == {"id": events[0].data["id"]}
         assert http.get(events[0].data["url"]).json()["status"] == "queued"
+
+
+def test_with_api_keys_a_jobs_events_are_its_owners_alone(
+    stream_settings: Settings,
+    register: Callable[[Settings], None],
+    start_gateway: Callable[[Settings], LiveGateway],
+) -> None:
+    settings = stream_settings.replace(api_keys=(digest("alice-key"), digest("bob-key")))
+    register(settings)
+    gateway = start_gateway(settings)
+    with gateway.client(**{"X-API-Key": "alice-key"}) as alice:
+        response = alice.post("/v1/pipelines/t_gen/jobs", json={"input": {"x": 1, "n": 1}})
+        url = response.json()["url"] + "/events"
+        with alice.stream("GET", url) as own:  # (no worker: left before its end)
+            assert own.status_code == 200
+    with gateway.client(**{"X-API-Key": "bob-key"}) as bob:
+        assert bob.get(url).status_code == 404
+    with gateway.client() as anonymous:
+        assert anonymous.get(url).status_code == 401
