@@ -13,11 +13,13 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import AsyncIterator
 
 from api.auth import ApiKeys
 from api.batcher import SubmitBatcher
 from api.metrics import Metrics
 from api.submission import SchemaChecker, Submission
+from queueing.chunks import StreamEvent
 from queueing.client import AsyncClient, AsyncJob
 from queueing.cluster import layout
 from queueing.connection import broker_errors
@@ -173,6 +175,14 @@ class Gateway:
             await self.client.cancel(job_id)
             snapshot = await job.snapshot()
         return snapshot
+
+    async def events(
+        self, job_id: str, owner: str | None, after: str = "0"
+    ) -> AsyncIterator[StreamEvent]:
+        """A job's streamed outputs after ``after``, its ``end`` last (see
+        :meth:`AsyncClient.events`); UnknownJob now for an unknown job (or another's)."""
+        await self._read(job_id, owner)
+        return self.client.events(job_id, after=after, ends=True)
 
     async def _read(self, job_id: str, owner: str | None) -> tuple[AsyncJob, Snapshot]:
         if not is_job_id(job_id):

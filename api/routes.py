@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, cast
 
-from fastapi import APIRouter, Depends, Query, Request, Security
+from fastapi import APIRouter, Depends, Header, Query, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
+from api import events
 from api.auth import presented_key
 from api.documents import (
     Accepted,
@@ -205,6 +206,68 @@ async def cancel_job(job_id: str, request: Request, gateway: GatewayDep, owner: 
     """A queued job never reaches a model; a running one's result is dropped. A job that has
     already finished keeps its outcome. Answers the job as it is after."""
     return job_document(request, await gateway.cancel(job_id, owner))
+
+
+@v1.post(
+    "/pipelines/{name}/stream",
+    response_model=None,
+    response_class=events.EventStream,
+    summary="Run one input and stream its outputs (Server-Sent Events)",
+    responses=events.responses(401, 404, 409, 413, 415, 422, 429, 503),
+    openapi_extra={**request_body(RunBody, _BODY), **_HOT_DOCS},
+)
+async def stream(name: str, request: Request) -> Response:
+    """Submit `{"input": ...}` and answer `text/event-stream`: first a `job` event (its `id`
+    and `url`), then one event per output the job streams, each with an `id:`, `event: chunk`
+    (`{"seq", "attempt", "value"}`), `event: restart` (`{"attempt"}`: its worker died and
+    another runs it again: drop the chunks so far), and last `event: end` (`{"status"}`, and
+    `"error"` unless done). A pipeline that does not stream sends its result as one chunk. The
+    response stays open at most BATCHLINE_MAX_WAIT_S (then `event: timeout`); disconnecting
+    cancels nothing: resume with `GET /v1/jobs/{id}/events` and `Last-Event-ID`."""
+    gateway, owner = _caller(request)
+    check_content_type(request.headers.get("content-type"))
+    idempotency_key = _idempotency_key(request)
+    submission = parse_submission(await request.body(), allow_many=False)
+    [(job_id, status)] = await gateway.submit(
+        name, submission, idempotency_key=idempotency_key, owner=owner
+    )
+    job = accepted(request, job_id, status)
+    job["events"] = job["url"] + "/events"
+    body = events.sse(
+        gateway.client.events(job_id, ends=True),
+        job_id,
+        gateway.settings.max_wait_s,
+        events.frame("job", job),
+    )
+    headers = {**events.HEADERS, "Location": job["url"]}
+    return events.EventStream(body, headers=headers)
+
+
+@v1.get(
+    "/jobs/{job_id}/events",
+    response_model=None,
+    response_class=events.EventStream,
+    summary="Follow a job's streamed outputs (Server-Sent Events), or resume them",
+    responses=events.responses(401, 404, 422, 503),
+    openapi_extra={"security": _HOT_DOCS["security"]},
+)
+async def job_events(
+    job_id: str,
+    request: Request,
+    last_event_id: Annotated[
+        str | None,
+        Header(
+            pattern=r"^[0-9]{1,20}-[0-9]{1,20}$",
+            description="Resume after this event (the `id:` of the last one received).",
+        ),
+    ] = None,
+) -> Response:
+    """The job's events as `POST /v1/pipelines/{name}/stream` sends them (without its `job`
+    event), from the start or after `Last-Event-ID`."""
+    gateway, owner = _caller(request)
+    found = await gateway.events(job_id, owner, last_event_id or "0")
+    body = events.sse(found, job_id, gateway.settings.max_wait_s)
+    return events.EventStream(body, headers=events.HEADERS)
 
 
 @v1.get(

@@ -167,6 +167,12 @@ class Pipeline:
                 next=nxt,
                 routes=tuple(self.full_name(r) for r in element.routes),
             )
+        for st in stages.values():
+            if st.streaming and (st.next or st.routes or st.join):
+                raise ValueError(
+                    f"pipeline {self.name}: stage {st.short_name} streams its outputs, so it "
+                    "must be the pipeline's last stage (nothing can be handed on from it)"
+                )
         spec = PipelineSpec(
             name=self.name,
             stages=tuple(st.spec() for st in stages.values()),

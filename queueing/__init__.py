@@ -1,6 +1,7 @@
 """Everything that touches Redis: settings, keys, the message codec, job records, the stream
 protocol, the registry, waking waiters, the embedded server and the enqueue client."""
 
+from queueing.chunks import StreamEvent
 from queueing.client import AsyncClient, AsyncJob, Client, Job
 from queueing.errors import (
     BatchlineError,
@@ -53,6 +54,7 @@ __all__ = [
     "Settings",
     "StageSpec",
     "StageTiming",
+    "StreamEvent",
     "UnknownJob",
     "UnknownPipeline",
 ]

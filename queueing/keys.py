@@ -71,6 +71,11 @@ class Keys:
         """Hash: the branch outputs a fan-out join has collected for one job."""
         return f"{self._tag(partition_of(job_id))}:join:{job_id}"
 
+    def chunks(self, job_id: str) -> str:
+        """Stream: a streaming job's chunks, for readers to follow and resume (see
+        ``queueing/lua/emit.lua``); it expires with the job."""
+        return f"{self._tag(partition_of(job_id))}:chunks:{job_id}"
+
     @property
     def registry(self) -> str:
         """Hash: pipeline name -> spec (JSON)."""

@@ -272,3 +272,55 @@ def requeue_call(
     now: str,
 ) -> Call:
     return [dead, stream, job_key, stats, webhooks], [dead_id, job_id, stage, now]
+
+
+# -- EMIT --------------------------------------------------------------------------------------
+
+EMIT = load("emit")
+
+
+@dataclass(frozen=True, slots=True)
+class Emitted:
+    """One streaming item's step for EMIT: a chunk (``seq`` is None for none) and/or its end
+    (``end``: '' while it streams, 'done' with the result or 'failed' with the reason)."""
+
+    entry_id: str
+    job_id: str
+    job_key: str
+    chunks_key: str
+    first: bool = False
+    """This attempt's first write for the item (a re-run writes a ``restart`` entry first)."""
+    seq: int | None = None
+    data: bytes = b""
+    end: str = ""
+    value: bytes | str = ""
+    timing: bytes | str = ""
+
+
+def emit_call(
+    stream: str,
+    stats: str,
+    *,
+    group: str,
+    consumer: str,
+    now: str,
+    ttl: int,
+    stage: str,
+    items: Sequence[Emitted],
+) -> Call:
+    keys = [stream, stats]
+    lowest, highest = entry_range([item.entry_id for item in items])
+    args: list[Any] = [group, consumer, now, ttl, stage, lowest, highest, len(items)]
+    for item in items:
+        keys += [item.job_key, item.chunks_key]
+        args += [
+            item.entry_id,
+            item.job_id,
+            "1" if item.first else "0",
+            "" if item.seq is None else item.seq,
+            item.data,
+            item.end,
+            item.value,
+            item.timing,
+        ]
+    return keys, args

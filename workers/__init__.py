@@ -4,6 +4,7 @@ from workers.batching import BatchConfig, BatchContractError, BatchedHandler, ba
 from workers.device import resolve_device
 from workers.loop import StageLoop
 from workers.stage import Route, Stage, Topology
+from workers.streaming import Slot, StreamingLoop
 from workers.worker import Worker, publish
 
 __all__ = [
@@ -11,8 +12,10 @@ __all__ = [
     "BatchContractError",
     "BatchedHandler",
     "Route",
+    "Slot",
     "Stage",
     "StageLoop",
+    "StreamingLoop",
     "Topology",
     "Worker",
     "batch",

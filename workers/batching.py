@@ -65,6 +65,9 @@ class BatchConfig:
     max_batch_items: int | None = None
     """With ``batch_size_fn``: the most items one call gets (default 256, or
     ``max_batch_size`` if smaller)."""
+    continuous: bool = False
+    """A streaming step handler (see :mod:`workers.streaming`): an item that has ended leaves
+    the running batch at once and a waiting one takes its place (continuous batching)."""
 
     def __post_init__(self) -> None:
         check_batch_settings(
@@ -155,7 +158,10 @@ class BatchedHandler(Generic[T]):
         self.fn = fn
         self.config = config
         self.instance = instance
-        self.is_async = inspect.iscoroutinefunction(fn)
+        self.is_async = inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
+        self.streaming = _streaming_shape(fn, config)
+        """None for a plain handler; ``generator`` (a sync or async generator: each ``yield``
+        is one step's outputs) or ``step`` (``continuous=True``): see :mod:`workers.streaming`."""
         self.name = getattr(fn, "__qualname__", repr(fn))
         self._async_batchers: dict[asyncio.AbstractEventLoop, _AsyncBatcher] = {}
         self._thread_batcher: _ThreadBatcher | None = None
@@ -214,6 +220,11 @@ class BatchedHandler(Generic[T]):
 
     def __call__(self, item: Any) -> Any:
         """One input: batched with concurrent calls. Async handlers return an awaitable."""
+        if self.streaming is not None:
+            raise TypeError(
+                f"{self.name} streams its outputs: serve it in a pipeline and read its chunks "
+                "with Client.stream / AsyncClient.stream (it is not callable in-process)"
+            )
         if self.is_async:
             loop = asyncio.get_running_loop()
             batcher = self._async_batchers.get(loop)
@@ -236,6 +247,7 @@ def batch(
     batch_size_fn: CostFn | None = None,
     max_latency_ms: float | None = None,
     max_batch_items: int | None = None,
+    continuous: bool = False,
 ) -> Callable[[BatchFn], BatchedHandler[Any]]: ...
 def batch(
     fn: BatchFn | None = None,
@@ -246,13 +258,24 @@ def batch(
     batch_size_fn: CostFn | None = None,
     max_latency_ms: float | None = None,
     max_batch_items: int | None = None,
+    continuous: bool = False,
 ) -> BatchedHandler[Any] | Callable[[BatchFn], BatchedHandler[Any]]:
     """Mark a function or method as a batch handler: it takes a list of inputs and returns a
     list of outputs of the same length. Works bare (``@batch``) or with settings (see
     :class:`BatchConfig`): ``batch_size_fn`` bounds batches by cost instead of count,
-    ``batch_wait_timeout_s="auto"`` adapts the wait to the handler's measured cost."""
+    ``batch_wait_timeout_s="auto"`` adapts the wait to the handler's measured cost.
+
+    A generator function (sync or async) is a streaming handler: each ``yield`` is one step,
+    a list with one chunk per item (``StopIteration`` where an item has ended).
+    ``continuous=True`` marks a streaming *step* handler instead, called once per step with the
+    items still running, which waiting items join as others end (see :mod:`workers.streaming`)."""
     config = BatchConfig(
-        max_batch_size, batch_wait_timeout_s, batch_size_fn, max_latency_ms, max_batch_items
+        max_batch_size,
+        batch_wait_timeout_s,
+        batch_size_fn,
+        max_latency_ms,
+        max_batch_items,
+        continuous,
     )
 
     def wrap(f: BatchFn) -> BatchedHandler[Any]:
@@ -261,6 +284,18 @@ def batch(
         return BatchedHandler(f, config)
 
     return wrap(fn) if fn is not None else wrap
+
+
+def _streaming_shape(fn: BatchFn, config: BatchConfig) -> str | None:
+    generator = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+    if config.continuous:
+        if generator:
+            raise TypeError(
+                f"{getattr(fn, '__qualname__', fn)}: continuous=True takes a step handler (a "
+                "function of the running items that returns one step's chunks), not a generator"
+            )
+        return "step"
+    return "generator" if generator else None
 
 
 def _wait_left(

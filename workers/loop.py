@@ -129,25 +129,8 @@ class StageLoop:
         await self._persist("create groups", self.queue.ensure_groups)
         reader = asyncio.create_task(self._read_loop(stop), name=f"read:{self.stage.name}")
         keeper = asyncio.create_task(self._heartbeat_loop(stop), name=f"beat:{self.stage.name}")
-        finishing: asyncio.Task[None] | None = None
         try:
-            while (batch := await self._inbox.get()) is not None:
-                if batch.suspect and finishing is not None:
-                    # A crash now must not take the previous batch's hand-off with it.
-                    await finishing
-                    finishing = None
-                outcomes = await self.process(batch.deliveries)
-                if batch.suspect:
-                    # Nor a crash in the next batch this one's: an entry that has used its
-                    # last attempt would be dead-lettered though it ran.
-                    await self.finish(outcomes)
-                    self._suspects_ran.set()
-                    continue
-                if finishing is not None:
-                    await finishing
-                finishing = asyncio.create_task(self.finish(outcomes))
-            if finishing is not None:
-                await finishing
+            await self._consume()
             await reader
             self.done.set()
         except _Abandon:
@@ -162,6 +145,27 @@ class StageLoop:
                 await cancel_and_wait(task)
             self._executor.shutdown(wait=False)
             await self.queue.close()
+
+    async def _consume(self) -> None:
+        """Run the batches the read loop hands over until it says there are no more."""
+        finishing: asyncio.Task[None] | None = None
+        while (batch := await self._inbox.get()) is not None:
+            if batch.suspect and finishing is not None:
+                # A crash now must not take the previous batch's hand-off with it.
+                await finishing
+                finishing = None
+            outcomes = await self.process(batch.deliveries)
+            if batch.suspect:
+                # Nor a crash in the next batch this one's: an entry that has used its
+                # last attempt would be dead-lettered though it ran.
+                await self.finish(outcomes)
+                self._suspects_ran.set()
+                continue
+            if finishing is not None:
+                await finishing
+            finishing = asyncio.create_task(self.finish(outcomes))
+        if finishing is not None:
+            await finishing
 
     async def _read_loop(self, stop: asyncio.Event) -> None:
         """Fill the inbox: first this consumer's own pending entries (a restart under the
@@ -269,6 +273,14 @@ class StageLoop:
 
     async def process(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
         """Decode, expire, start and run one batch; one outcome per delivery."""
+        outcomes, items = await self.admit(deliveries)
+        if items:
+            outcomes += await self.run_batch(items)
+        return outcomes
+
+    async def admit(self, deliveries: Sequence[Delivery]) -> tuple[list[Outcome], list[_Item]]:
+        """Decode, expire and start one batch: the outcomes of the deliveries that are not to
+        run (undecodable, expired, dead, cancelled...), and the items to run."""
         outcomes: list[Outcome] = []
         candidates: list[_Item] = []
         now = time.time()
@@ -299,7 +311,7 @@ class StageLoop:
                 continue
             candidates.append(_Item(delivery, message, value))
         if not candidates:
-            return outcomes
+            return outcomes, []
         jobs = [(item.delivery, item.message.job_id) for item in candidates]
         statuses = await self._persist("start", lambda: self.queue.start(jobs))
         items = []
@@ -311,9 +323,7 @@ class StageLoop:
                 outcomes.append(Outcome(item.delivery, item.message.job_id, Kind.DEAD, reason))
             else:  # cancelled, finished, or its record is gone: nothing to run
                 outcomes.append(Outcome(item.delivery, item.message.job_id, Kind.SKIP))
-        if items:
-            outcomes += await self.run_batch(items)
-        return outcomes
+        return outcomes, items
 
     async def run_batch(self, items: list[_Item]) -> list[Outcome]:
         started = time.time()

@@ -56,6 +56,16 @@ class Stage:
             return handler.config
         return BatchConfig()
 
+    @property
+    def streaming(self) -> bool:
+        """Whether its handler streams (a generator, or a ``continuous=True`` step handler)."""
+        handler = self.target
+        if inspect.isclass(self.target):
+            handler = _batched_method(self.target)[1]
+        if isinstance(handler, BatchedHandler):
+            return handler.streaming is not None
+        return inspect.isgeneratorfunction(handler) or inspect.isasyncgenfunction(handler)
+
     def spec(self) -> StageSpec:
         config = self.config
         return StageSpec(

@@ -43,6 +43,7 @@ from workers.device import limit_torch_threads, resolve_device, torch_threads
 from workers.live import LiveSettingsWatcher
 from workers.loop import StageLoop
 from workers.stage import Stage, Topology
+from workers.streaming import StreamingLoop
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,8 @@ class Worker:
             for stage in self.stages:
                 handler = await asyncio.to_thread(stage.load, device)
                 queue = StageQueue(client, self.settings, stage.name, self.consumer)
-                self.loops.append(StageLoop(stage, handler, queue, self.settings, burst=self.burst))
+                kind = StreamingLoop if handler.streaming else StageLoop
+                self.loops.append(kind(stage, handler, queue, self.settings, burst=self.burst))
             by_name = {loop.stage.name: loop for loop in self.loops}
             for stage_loop in self.loops:
                 for target in {

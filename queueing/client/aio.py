@@ -18,12 +18,13 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.exceptions
 
+from queueing.chunks import CHUNK, END, STREAM_BLOCK_MS, STREAM_READ_COUNT, StreamEvent, events_of
 from queueing.client.core import NOT_REPLICATED, SUBMIT_CHUNK, Core, SubmitPlan
 from queueing.client.retry import Attempt, Backoff, outage_log
 from queueing.cluster import node_connection_async
 from queueing.connection import REDIS_DOWN, broker_errors, connect_async
 from queueing.errors import BatchlineError, JobError, ResultTimeout, UnknownJob
-from queueing.jobs import JobRecord, JobStatus, Snapshot
+from queueing.jobs import JobRecord, JobStatus, Snapshot, job_error
 from queueing.message import decode_result
 from queueing.registry import PipelineSpec, lookup, parse_registry
 from queueing.scripts import CANCEL, ORPHAN, SUBMIT, WATCH, SubmitCall
@@ -93,6 +94,10 @@ class AsyncJob:
             return notice
         finally:
             listener.unregister(waiter)
+
+    def events(self, *, after: str = "0") -> AsyncIterator[StreamEvent]:
+        """Follow the job's streamed outputs (see :meth:`AsyncClient.events`)."""
+        return self.client.events(self.id, after=after)
 
     async def _watch(self) -> JobStatus:
         """Have the job's end wake this client; its status now."""
@@ -335,6 +340,88 @@ class AsyncClient:
         finally:
             await master.aclose()
         return reply, int(replicas) >= 1
+
+    async def stream(
+        self,
+        pipeline: str,
+        input: Any,
+        *,
+        timeout_s: float | None = None,
+        idempotency_key: str | None = None,
+        result_ttl_s: float | None = None,
+    ) -> AsyncIterator[StreamEvent]:
+        """Submit one input and follow its streamed outputs: ``chunk`` events (``.value``), a
+        ``restart`` if a worker died mid-stream and another runs the job again (drop the
+        chunks read so far), until the job is done; a job that ends without a result raises
+        its JobError. Each event has the job's id and its own id, to resume from with
+        :meth:`events` (see :mod:`queueing.chunks`)."""
+        job = await self.submit(
+            pipeline,
+            input,
+            timeout_s=timeout_s,
+            idempotency_key=idempotency_key,
+            result_ttl_s=result_ttl_s,
+        )
+        async for event in self.events(job.id):  # noqa: RUF100, UP028 (sync twin)
+            yield event
+
+    async def events(
+        self,
+        job_id: str,
+        *,
+        after: str = "0",
+        ends: bool = False,
+    ) -> AsyncIterator[StreamEvent]:
+        """A job's streamed outputs after the event id ``after`` ("0": from the start), in
+        order: ``chunk`` and ``restart`` events; the iteration stops when the job is done, and
+        raises its JobError (JobFailed, JobCancelled, JobExpired) if it ended without a result;
+        UnknownJob if there is no such job (or it expired). The job of a pipeline that does not
+        stream yields its result as one chunk (with no id to resume from). ``ends``: yield the
+        ``end`` event last instead (whatever the job's status; its id is "" if the job ended
+        without writing one), and raise nothing for the job's outcome.
+
+        Reads block at most STREAM_BLOCK_MS at a time; in between, the job's status is read,
+        so a reader never hangs on a job that ended without an ``end`` entry (cancelled while
+        queued, dead-lettered)."""
+        job = AsyncJob(self, self.core.check_job_id(job_id))
+        key = self.core.keys.chunks(job.id)
+        cursor = after
+        ended = None
+        while True:
+            async for attempt in self._attempts():
+                with attempt:
+                    reply = await self.redis.xread(
+                        {key: cursor},
+                        count=STREAM_READ_COUNT,
+                        block=None if ended is not None else STREAM_BLOCK_MS,
+                    )
+            events = events_of(job.id, reply)
+            for event in events:
+                cursor = event.id
+                if event.kind == END:
+                    if ends:
+                        yield event
+                    elif event.status != JobStatus.DONE:
+                        status = JobStatus(event.status or JobStatus.FAILED)
+                        raise job_error(job.id, status, event.error, None)
+                    return
+                yield event
+            if events:
+                continue
+            if ended is not None:
+                # Ended with no end entry: never streamed (or it ended before a worker ran it).
+                done = ended.status is JobStatus.DONE
+                if cursor == "0" and done:
+                    yield StreamEvent(job.id, "", CHUNK, decode_result(ended.outcome()), 0)
+                if ends:
+                    error = None if done else ended.value.decode(errors="replace")
+                    yield StreamEvent(job.id, "", END, status=str(ended.status), error=error)
+                elif not done:
+                    raise ended.error()
+                return
+            snapshot = await job.snapshot()
+            if snapshot.status.finished:
+                ended = snapshot  # read once more, without blocking: what it wrote last
 
     async def job(self, job_id: str) -> AsyncJob:
         """A handle on an existing job (UnknownJob if there is none)."""

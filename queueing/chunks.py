@@ -1,0 +1,160 @@
+"""Streamed outputs: a job's chunks on its own Redis stream (``Keys.chunks``), written by a
+streaming stage's worker (:class:`ChunkWriter`, one EMIT per step) and followed by readers
+(:meth:`queueing.client.AsyncClient.events`, the gateway's Server-Sent Events).
+
+A reader sees :class:`StreamEvent` s, each with its stream entry id (the cursor to resume
+after):
+
+- ``chunk``: the item's next output (``seq`` counts from 0 within an attempt);
+- ``restart``: the job is being run again (its worker died mid-stream, and another claimed
+  it): drop the chunks read so far, the new attempt's follow from seq 0;
+- ``end``: the job has ended (``status``, and ``error`` unless done): nothing follows.
+
+The stream lives ``result_ttl_s`` after its last write while the job runs, and as long as the
+job's record once it has ended (it expires with the job).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from queueing.cluster import AsyncRedis
+from queueing.errors import DecodeError
+from queueing.keys import Keys
+from queueing.message import loads
+from queueing.scripts import EMIT, Emitted, emit_call
+from queueing.settings import Settings
+
+CHUNK = "chunk"
+RESTART = "restart"
+END = "end"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """One entry of a job's chunk stream, as readers get it (see the module doc)."""
+
+    job_id: str
+    id: str
+    """The entry id: resume after it (``Last-Event-ID`` over HTTP)."""
+    kind: str
+    """``chunk``, ``restart`` or ``end``."""
+    value: Any = None
+    """A chunk's output."""
+    seq: int | None = None
+    """A chunk's position within its attempt (0, 1, ...)."""
+    attempt: int | None = None
+    """The attempt that wrote a chunk, or that a restart starts."""
+    status: str | None = None
+    """An end's job status (done, failed, expired, cancelled)."""
+    error: str | None = None
+    """An end's error text (unless done)."""
+
+    @classmethod
+    def decode(
+        cls, job_id: str, entry_id: bytes | str, fields: Mapping[bytes, bytes]
+    ) -> StreamEvent:
+        """The event of one entry of a job's chunk stream (DecodeError if it is not one)."""
+        eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        try:
+            kind = fields[b"k"].decode()
+            if kind == CHUNK:
+                return cls(
+                    job_id,
+                    eid,
+                    kind,
+                    value=loads(fields[b"data"]),
+                    seq=int(fields[b"seq"]),
+                    attempt=int(fields[b"a"]),
+                )
+            if kind == RESTART:
+                return cls(job_id, eid, kind, attempt=int(fields[b"a"]))
+            if kind == END:
+                error = fields.get(b"error")
+                return cls(
+                    job_id,
+                    eid,
+                    kind,
+                    status=fields[b"status"].decode(),
+                    error=error.decode(errors="replace") if error is not None else None,
+                )
+        except (KeyError, ValueError) as exc:
+            raise DecodeError(f"bad chunk stream entry {eid}: {exc}") from exc
+        raise DecodeError(f"bad chunk stream entry {eid}: kind {kind!r}")
+
+    def document(self) -> dict[str, Any]:
+        """The event as JSON (an SSE event's ``data``), without its id and kind."""
+        if self.kind == CHUNK:
+            return {"seq": self.seq, "attempt": self.attempt, "value": self.value}
+        if self.kind == RESTART:
+            return {"attempt": self.attempt}
+        doc: dict[str, Any] = {"status": self.status}
+        if self.error is not None:
+            doc["error"] = self.error
+        return doc
+
+
+def events_of(job_id: str, reply: Any) -> list[StreamEvent]:
+    """The events of an XREAD reply on one job's chunk stream."""
+    out = []
+    for _stream, entries in reply or ():
+        for entry_id, fields in entries:
+            out.append(StreamEvent.decode(job_id, entry_id, fields))
+    return out
+
+
+STREAM_BLOCK_MS = 1000
+"""Longest a reader blocks on a chunk stream before it re-reads the job's status (a job that
+ended without an ``end`` entry, cancelled while queued say, ends its readers this soon)."""
+STREAM_READ_COUNT = 256
+"""Most entries one read of a chunk stream takes."""
+
+
+class ChunkWriter:
+    """Writes one streaming stage's steps (EMIT): per partition, one script call per step."""
+
+    def __init__(self, client: AsyncRedis, settings: Settings, stage: str, consumer: str) -> None:
+        self.redis = client
+        self.settings = settings
+        self.keys = Keys(settings.prefix)
+        self.stage = stage
+        self.consumer = consumer
+        self._emit = client.register_script(EMIT)
+
+    def item(self, partition: int, entry_id: str, job_id: str) -> Emitted:
+        """A blank step of one item (fill it with ``dataclasses.replace``)."""
+        return Emitted(
+            entry_id,
+            job_id,
+            self.keys.job_prefix(partition) + job_id,
+            self.keys.chunks(job_id),
+        )
+
+    async def emit(self, partitions: Sequence[int], items: Sequence[Emitted]) -> list[str]:
+        """Write one step of every item (each in its partition, ``partitions[i]``): per item
+        'ok', 'fenced' (another consumer holds it now: stop, write nothing more) or the status
+        of a job that ended meanwhile (cancelled: stop)."""
+        answers = ["fenced"] * len(items)
+        by_partition: dict[int, list[int]] = defaultdict(list)
+        for index, partition in enumerate(partitions):
+            by_partition[partition].append(index)
+        now = repr(time.time())
+        for partition, indexes in by_partition.items():
+            keys, args = emit_call(
+                self.keys.stream(partition, self.stage),
+                self.keys.stats(partition),
+                group=Keys.group(self.stage),
+                consumer=self.consumer,
+                now=now,
+                ttl=int(self.settings.result_ttl_s),
+                stage=self.stage,
+                items=[items[i] for i in indexes],
+            )
+            reply = await self._emit(keys=keys, args=args)
+            for i, answer in zip(indexes, reply, strict=True):
+                answers[i] = answer.decode() if isinstance(answer, bytes) else str(answer)
+        return answers

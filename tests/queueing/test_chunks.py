@@ -1,0 +1,142 @@
+"""EMIT, driven by hand (StageQueue + ChunkWriter): a step repeated after a lost reply writes
+nothing twice, an end is written once with the job's result, a claimed entry is fenced, a
+re-run starts with one restart entry, a cancelled job's stream ends as cancelled."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import redis
+
+from queueing.chunks import ChunkWriter, StreamEvent
+from queueing.client import AsyncClient, Client
+from queueing.errors import JobCancelled
+from queueing.keys import Keys
+from queueing.scripts import Emitted
+from queueing.settings import Settings
+from queueing.streams import Delivery
+
+from .helpers import job_of, read_all, record, register, run, stage_queue, submit
+
+KEYS = Keys()
+STAGE = "echo.run"
+
+
+def entries(r: redis.Redis, job_id: str) -> list[dict[bytes, bytes]]:
+    return [fields for _, fields in r.xrange(KEYS.chunks(job_id))]
+
+
+def step(writer: ChunkWriter, delivery: Delivery, **fields: object) -> Emitted:
+    blank = writer.item(delivery.partition, delivery.entry_id, job_of(delivery))
+    return dataclasses.replace(blank, **fields)  # type: ignore[arg-type]
+
+
+def test_a_repeated_step_writes_nothing_twice_and_the_end_once(
+    redis_client: redis.Redis, settings: Settings
+) -> None:
+    register(redis_client, settings)
+    [job_id] = submit(settings, "echo", {"n": 1})
+
+    async def scenario() -> list[list[str]]:
+        async with stage_queue(settings, STAGE) as queue:
+            [delivery] = await read_all(queue, 1)
+            await queue.start([(delivery, job_id)])
+            writer = ChunkWriter(queue.redis, settings, STAGE, queue.consumer)
+            first = step(writer, delivery, first=True, seq=0, data=b'"a"')
+            second = step(writer, delivery, seq=1, data=b'"b"')
+            end = step(writer, delivery, end="done", value=b'["a","b"]', timing=b"")
+            answers = []
+            for emitted in (first, first, second, second, end, end):  # each reply "lost" once
+                answers.append(await writer.emit([0], [emitted]))
+            return answers
+
+    answers = run(scenario())
+    assert answers[:5] == [["ok"]] * 5
+    assert answers[5] == ["fenced"]  # its entry was acked by the first: a no-op
+    kinds = [(f[b"k"], f.get(b"seq")) for f in entries(redis_client, job_id)]
+    assert kinds == [(b"chunk", b"0"), (b"chunk", b"1"), (b"end", None)]
+    assert record(redis_client, settings, job_id).result == ["a", "b"]
+    assert int(redis_client.hget(KEYS.stats(0), f"{STAGE}:done") or 0) == 1
+    assert redis_client.xlen(KEYS.stream(0, STAGE)) == 0
+    assert redis_client.ttl(KEYS.chunks(job_id)) > 0
+
+
+def test_a_claimed_entry_is_fenced_and_its_rerun_restarts_the_stream_once(
+    redis_client: redis.Redis, settings: Settings
+) -> None:
+    register(redis_client, settings)
+    [job_id] = submit(settings, "echo", {"n": 1})
+
+    async def scenario() -> tuple[list[str], list[str], list[str]]:
+        async with (
+            stage_queue(settings, STAGE, "stalled") as stalled,
+            stage_queue(settings, STAGE, "rescuer") as rescuer,
+        ):
+            [delivery] = await read_all(stalled, 1)
+            await stalled.start([(delivery, job_id)])
+            old = ChunkWriter(stalled.redis, settings, STAGE, "stalled")
+            await old.emit([0], [step(old, delivery, first=True, seq=0, data=b'"x"')])
+            await rescuer.redis.xclaim(
+                KEYS.stream(0, STAGE), STAGE, "rescuer", 0, [delivery.entry_id]
+            )
+            fenced = await old.emit([0], [step(old, delivery, seq=1, data=b'"y"')])
+            await rescuer.start([(delivery, job_id)])  # attempt 2
+            new = ChunkWriter(rescuer.redis, settings, STAGE, "rescuer")
+            rerun = step(new, delivery, first=True, seq=0, data=b'"x"')
+            again = await new.emit([0], [rerun])
+            repeated = await new.emit([0], [rerun])
+            return fenced, again, repeated
+
+    fenced, again, repeated = run(scenario())
+    assert fenced == ["fenced"]
+    assert again == repeated == ["ok"]
+    fields = entries(redis_client, job_id)
+    assert [(f[b"k"], f[b"a"]) for f in fields] == [
+        (b"chunk", b"1"),
+        (b"restart", b"2"),
+        (b"chunk", b"2"),
+    ]
+    # Readers see the restart as an event, between the attempts.
+    with Client(settings) as client:
+        events: list[StreamEvent] = []
+        for event in client.events(job_id):
+            events.append(event)
+            if len(events) == 3:
+                break
+    assert [(e.kind, e.attempt) for e in events] == [("chunk", 1), ("restart", 2), ("chunk", 2)]
+
+
+def test_a_job_cancelled_mid_stream_is_stopped_acked_and_its_stream_ended(
+    redis_client: redis.Redis, settings: Settings
+) -> None:
+    register(redis_client, settings)
+    [job_id] = submit(settings, "echo", {"n": 1})
+
+    async def scenario() -> list[str]:
+        async with stage_queue(settings, STAGE) as queue:
+            [delivery] = await read_all(queue, 1)
+            await queue.start([(delivery, job_id)])
+            writer = ChunkWriter(queue.redis, settings, STAGE, queue.consumer)
+            await writer.emit([0], [step(writer, delivery, first=True, seq=0, data=b"1")])
+            async with AsyncClient(settings) as client:
+                await client.cancel(job_id)
+            return await writer.emit([0], [step(writer, delivery, seq=1, data=b"2")])
+
+    assert run(scenario()) == ["cancelled"]
+    fields = entries(redis_client, job_id)
+    assert [f[b"k"] for f in fields] == [b"chunk", b"end"]
+    assert fields[-1][b"status"] == b"cancelled"
+    assert redis_client.xpending(KEYS.stream(0, STAGE), STAGE)["pending"] == 0
+    job_ttl = redis_client.ttl(KEYS.job(job_id))
+    assert job_ttl > 0
+    assert abs(redis_client.ttl(KEYS.chunks(job_id)) - job_ttl) <= 1
+    with Client(settings) as client:
+        read: list[StreamEvent] = []
+        try:
+            for event in client.events(job_id):
+                read.append(event)
+        except JobCancelled:
+            pass
+        else:
+            raise AssertionError("the reader did not raise JobCancelled")
+    assert [e.value for e in read] == [1]
