@@ -218,6 +218,9 @@ class StageLoop:
         - on its last attempt: alone, so that a crash counts against it alone;
         - out of attempts: in a batch (START dead-letters them before the model runs).
 
+        With a sandbox (:mod:`workers.sandbox`), started entries with attempts left run there
+        in full batches instead: a crash there costs no attempt and the sandbox bisects.
+
         A crash re-orphans what was queued here without counting an attempt, so entries
         recovered again keep their place in this order. They are held (touched by heartbeats)
         from now on."""
