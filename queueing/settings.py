@@ -42,8 +42,9 @@ class Settings:
     that an input that crashes the process crashes the worker once, not ``max_deliveries``
     times: it is dead-lettered when it crashes the child alone (see :mod:`workers.sandbox`)."""
     sandbox_timeout_s: float = 60.0
-    """Longest a sandbox child may run one batch of suspects; past it, it is killed and its
-    batch bisected like one that crashed (an input that hangs is dead-lettered)."""
+    """Longest a sandbox child may take over one group of suspects (a batch, or a part of one
+    being bisected); past it, it is killed and the group bisected like one that crashed (an
+    input that hangs is dead-lettered, after a few of these)."""
     max_backlog: int = 100_000
     """Default limit of a pipeline's first-stage backlog; submits past it raise QueueFull."""
     durable_submit: bool = False
