@@ -1109,22 +1109,25 @@ def poison(lab: Lab, row: Row) -> None:
     worker's replacement at once, under the same name."""
     supervisor = lab.start_worker(processes=2)
     lab.wait_workers(2)
-    _poison(lab, row, contextlib.nullcontext())
+    poisons = _poison(lab, row, contextlib.nullcontext())
     lab.forget(supervisor)  # (SIGTERM: its log is complete)
     row.faults = supervisor.log_path.read_text(errors="replace").count("restarting it")
+    row.notes.append(f"{row.faults / max(poisons, 1):.2f} worker crashes per poison input")
 
 
 def poison_restart(lab: Lab, row: Row) -> None:
     """Poison against two ``batchline worker`` processes, each crashed one replaced by a new
     process (a new interpreter, a new name) as an outside supervisor would."""
     _two_workers(lab)
-    _poison(lab, row, injecting(restart_dead_workers, lab, row))
+    poisons = _poison(lab, row, injecting(restart_dead_workers, lab, row))
+    row.notes.append(f"{row.faults / max(poisons, 1):.2f} worker crashes per poison input")
 
 
-def _poison(lab: Lab, row: Row, restarts: contextlib.AbstractContextManager[Any]) -> None:
+def _poison(lab: Lab, row: Row, restarts: contextlib.AbstractContextManager[Any]) -> int:
     """Three runs of N jobs while crashed workers are restarted: a flood of good inputs (the
     baseline rate), a flood with 1% poison (the good jobs' rate), and 1% poison paced at half
-    the baseline rate (the good jobs' p99 from submit to end)."""
+    the baseline rate (the good jobs' p99 from submit to end). Returns how many inputs were
+    poison."""
     n, vt = row.n, lab.timing.visibility_timeout_s
     bad: set[int] = set()
     ended: dict[int, str] = {}
@@ -1157,6 +1160,7 @@ def _poison(lab: Lab, row: Row, restarts: contextlib.AbstractContextManager[Any]
         row.problems.append(f"{good_not_done} good jobs did not end done")
     if poison_not_failed:
         row.problems.append(f"{poison_not_failed} poison jobs did not end failed")
+    return len(bad)
 
 
 def _rate(times: dict[int, tuple[float, float]]) -> float:
