@@ -274,7 +274,7 @@ class StageLoop:
 
     def _sandbox(self, settings: Settings) -> Sandbox | None:
         reason = (
-            unavailable(self.handler.is_async, self.handler.streaming)
+            unavailable(self.handler.is_async, self.handler.streaming is not None)
             if settings.sandbox
             else "BATCHLINE_SANDBOX=0"
         )
