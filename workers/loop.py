@@ -30,6 +30,7 @@ from queueing.stagestats import StageRecorder
 from queueing.streams import (
     DELIVERY_CAP,
     Delivery,
+    DeliveryKey,
     Outcome,
     StageQueue,
     never_started,
@@ -52,6 +53,11 @@ worker holds is orphaned again if it crashes: it claims no more than it will soo
 OWN_PENDING_LIMIT = 100_000
 """Most entries re-read at start-up from a previous life under the same consumer name."""
 
+REFRESH_AFTER_S = 0.005
+"""A batch read this long before the model takes it is refreshed first: entries of higher
+priority lanes that came meanwhile take their share of it (see BatchFormer.refresh). (A batch
+taken sooner is not: one more read per batch would cost a fast model more than it gains.)"""
+
 
 class _Abandon(Exception):
     """Redis is unreachable and the worker is stopping: leave what it holds pending."""
@@ -63,6 +69,8 @@ class _Batch:
 
     deliveries: list[Delivery]
     suspect: bool = False
+    read_at: float | None = None
+    """When the read loop formed it from new entries (``time.monotonic()``)."""
 
 
 @dataclass(slots=True)
@@ -90,7 +98,7 @@ class StageLoop:
         self.settings = settings
         self.burst = burst
         self.config = handler.config
-        self.held: dict[str, Delivery] = {}
+        self.held: dict[DeliveryKey, Delivery] = {}
         """Entries read and not yet finished: touched on every heartbeat."""
         self.former = BatchFormer(self.config, self.held)
         """Forms batches (count or cost bound, fixed or adaptive wait); holds the entries
@@ -135,7 +143,7 @@ class StageLoop:
                     # A crash now must not take the previous batch's hand-off with it.
                     await finishing
                     finishing = None
-                outcomes = await self.process(batch.deliveries)
+                outcomes = await self.process(await self._refreshed(batch))
                 if batch.suspect:
                     # Nor a crash in the next batch this one's: an entry that has used its
                     # last attempt would be dead-lettered though it ran.
@@ -147,6 +155,9 @@ class StageLoop:
                 finishing = asyncio.create_task(self.finish(outcomes))
             if finishing is not None:
                 await finishing
+            # Entries a refresh carried after the read loop drained the carry: run them too.
+            for carried in self.former.drain():
+                await self.finish(await self.process(carried))
             await reader
             self.done.set()
         except _Abandon:
@@ -182,7 +193,7 @@ class StageLoop:
                 read = functools.partial(self.read_batch, block=not self._recovered)
                 deliveries = await self._persist("read", read)
                 if deliveries:
-                    await self._put(_Batch(deliveries))
+                    await self._put(_Batch(deliveries, read_at=time.monotonic()))
                 elif self.burst:
                     claimed, _ = await self.queue.claim(self.config.max_items)
                     if claimed:
@@ -214,7 +225,7 @@ class StageLoop:
         recovered again keep their place in this order. They are held (touched by heartbeats)
         from now on."""
         for delivery in deliveries:
-            self.held[delivery.entry_id] = delivery
+            self.held[delivery.key] = delivery
         attempts = await self._persist("read attempts", lambda: self.queue.attempts(deliveries))
         last = self.settings.max_deliveries - 1
         half = max(1, self.config.max_items // 2)
@@ -240,8 +251,20 @@ class StageLoop:
 
     async def _put(self, batch: _Batch) -> None:
         for delivery in batch.deliveries:
-            self.held[delivery.entry_id] = delivery
+            self.held[delivery.key] = delivery
         await self._inbox.put(batch)
+
+    async def _refreshed(self, batch: _Batch) -> list[Delivery]:
+        """A batch of new entries that waited for the model: refreshed with the entries of
+        higher lanes that came meanwhile (BatchFormer.refresh). Best effort: if Redis does not
+        answer, the batch runs as it was formed."""
+        if batch.read_at is None or time.monotonic() - batch.read_at < REFRESH_AFTER_S:
+            return batch.deliveries
+        try:
+            return await self.former.refresh(self.queue, batch.deliveries)
+        except (*REDIS_DOWN, *REDIS_FULL) as exc:
+            self._io_log.failed(exc)
+            return batch.deliveries
 
     async def _put_recovered(self, batch: _Batch) -> None:
         """Hand over a batch of recovered entries; for suspects, read nothing more until it
@@ -417,7 +440,7 @@ class StageLoop:
         # on this consumer and the fence makes the retry a no-op.
         done = await self._persist("hand off", lambda: self.queue.finish(outcomes))
         for outcome, ok in zip(outcomes, done, strict=True):
-            self.held.pop(outcome.delivery.entry_id, None)
+            self.held.pop(outcome.delivery.key, None)
             if not ok:
                 log.info(
                     "stage %s: entry %s was claimed by another worker; its result is theirs",
