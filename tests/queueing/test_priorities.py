@@ -10,13 +10,17 @@ import pytest
 import redis
 
 from queueing.client import Client
+from queueing.connection import connect_async
+from queueing.deadletter import DeadLetters, Requeue
 from queueing.errors import QueueFull
 from queueing.jobs import JobStatus
 from queueing.keys import Keys
 from queueing.lanes import LaneShares, check_lane, check_weights
 from queueing.live_config import BadSetting, parse_pairs
+from queueing.scripts import Kind
 from queueing.settings import Settings
-from tests.queueing.helpers import job_keys, register
+from queueing.streams import Outcome
+from tests.queueing.helpers import job_keys, job_of, read_all, register, run, stage_queue
 
 
 def _served(waiting: dict[str, int], weights: tuple[int, int, int], slots: int, batches: int):
@@ -106,3 +110,31 @@ def test_a_queued_high_job_is_not_taken_for_an_orphan(
         time.sleep(settings.visibility_timeout_s + 0.1)
         assert client.recheck([job.id]) == []
         assert job.status() == JobStatus.QUEUED
+
+
+def test_a_dead_letter_of_the_high_lane_is_requeued_into_it(
+    redis_client: redis.Redis, settings: Settings
+) -> None:
+    register(redis_client, settings)
+    keys = Keys()
+    with Client(settings) as client:
+        job = client.submit("echo", 1, priority="high")
+
+    async def dead_letter_then_requeue() -> Requeue:
+        async with stage_queue(settings, "echo.run") as queue:
+            (delivery,) = await read_all(queue, 1)
+            assert delivery.lane == "high"
+            dead = Outcome(delivery, job_of(delivery), Kind.DEAD, "bad")
+            assert await queue.finish([dead]) == [True]
+        client = connect_async(settings)
+        try:
+            letters = DeadLetters(client, settings)
+            letter = await letters.find(job.id)
+            assert letter is not None
+            return (await letters.requeue(letter)).outcome
+        finally:
+            await client.aclose()
+
+    assert run(dead_letter_then_requeue()) == Requeue.REQUEUED
+    assert redis_client.xlen(keys.stream(0, "echo.run", "high")) == 1
+    assert redis_client.xlen(keys.stream(0, "echo.run")) == 0
