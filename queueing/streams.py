@@ -13,7 +13,7 @@ import socket
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio
@@ -58,11 +58,12 @@ class Delivery:
     """Times the entry was delivered (more than 1 for one claimed from a dead consumer)."""
     lane: str = DEFAULT_LANE
     """The priority lane it was read from (its job's lane: see :mod:`queueing.lanes`)."""
+    key: DeliveryKey = field(init=False, repr=False, compare=False)
+    """What tells it from any other entry in hand (ids are unique per stream only)."""
 
-    @property
-    def key(self) -> DeliveryKey:
-        """What tells it from any other entry in hand (ids are unique per stream only)."""
-        return self.partition, self.lane, self.entry_id
+    def __post_init__(self) -> None:
+        # (made once: workers use it several times per item, in dicts of entries in hand)
+        object.__setattr__(self, "key", (self.partition, self.lane, self.entry_id))
 
 
 @dataclass(slots=True)

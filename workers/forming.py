@@ -153,11 +153,12 @@ class BatchFormer:
     def _by_shares(self, pool: list[Delivery]) -> list[Delivery]:
         """``pool`` in the order batches take it: each lane's share (see LaneShares), then
         the rest. One lane (the usual case): as it is."""
+        lane = pool[0].lane if pool else ""
+        if all(delivery.lane == lane for delivery in pool):
+            return pool
         lanes: dict[str, list[Delivery]] = defaultdict(list)
         for delivery in pool:
             lanes[delivery.lane].append(delivery)
-        if len(lanes) <= 1:
-            return pool
         waiting = {lane: len(entries) for lane, entries in lanes.items()}
         ordered: list[Delivery] = []
         taken = Counter[str]()
