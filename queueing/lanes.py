@@ -5,11 +5,12 @@ is a stream of its own (``normal`` keeps the stage's one stream key; the others 
 the same partition slot, see :meth:`~queueing.keys.Keys.stream`), read by the stage's one
 consumer group. Workers read every lane at once and fill a batch by the *lane weights*
 (default ``8, 4, 1``): when several lanes have entries waiting, each of them gets at least its
-weighted share of the batch's slots (rounded down, at least one), and the slots a lane leaves
-unused go to the others, higher lanes first (:func:`shares`). A ``high`` job thus waits for no
-more than the batch in hand and the one read before it arrived, and the ``low`` lane keeps at
-least ``1/13`` of the slots under a flood of both others (``1/9`` under a ``high`` flood).
-Backpressure (``max_backlog``) is counted per lane.
+weighted share of the slots, ``weight / (sum of the weights of the lanes waiting)`` over any
+run of batches, and the slots a lane leaves unused go to the others, higher lanes first
+(:class:`LaneShares`). So the ``low`` lane keeps at least ``1/13`` of the slots under a flood
+of both others (``1/9`` under a ``high`` flood), and a ``high`` job waits for the batch in hand
+and its own (see :meth:`workers.forming.BatchFormer.refresh`). Backpressure (``max_backlog``)
+is counted per lane.
 """
 
 from __future__ import annotations
