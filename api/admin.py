@@ -27,6 +27,7 @@ from queueing.cluster import AsyncRedis
 from queueing.connection import broker_errors
 from queueing.deadletter import DeadLetter, DeadLetters, Requeue, Requeued, full_stage_name
 from queueing.keys import Keys
+from queueing.lanes import MAX_WEIGHT
 from queueing.live_config import BadSetting, reset_settings, set_settings, stage_spec
 from queueing.overview import overview
 from queueing.registry import StageSpec
@@ -213,6 +214,14 @@ class StageSettingsBody(BaseModel):
         description="The adaptive wait's latency budget (null drops it).",
         examples=[20],
     )
+    lane_weights: list[Annotated[int, Field(ge=1, le=MAX_WEIGHT)]] | None = Field(
+        None,
+        min_length=3,
+        max_length=3,
+        description="The priority lanes' weights (high, normal, low): each lane with jobs "
+        "waiting gets at least its weighted share of every batch.",
+        examples=[[8, 4, 1]],
+    )
 
 
 @admin.get(
@@ -241,7 +250,8 @@ async def get_stage_settings(
 async def put_stage_settings(
     pipeline: str, stage: str, body: StageSettingsBody, gateway: GatewayDep, owner: Admin
 ) -> Response:
-    """Sets `max_batch_size`, `batch_wait_timeout_s` and/or `max_latency_ms` for the stage:
+    """Sets `max_batch_size`, `batch_wait_timeout_s`, `max_latency_ms` and/or `lane_weights`
+    for the stage:
     its running workers batch with them within a second (no restart), and the pipeline's
     page shows them with `settings_since`. They last until changed or reset (DELETE), across
     worker restarts. The same as `batchline config set PIPELINE.STAGE NAME=VALUE...`."""
@@ -280,6 +290,7 @@ def _settings_document(spec: StageSpec) -> dict[str, Any]:
         "batch_wait_timeout_s": spec.batch_wait_timeout_s,
         "max_latency_ms": spec.max_latency_ms,
         "batch_size_fn": spec.batch_size_fn,
+        "lane_weights": list(spec.lane_weights),
         "settings_since": spec.settings_since,
     }
 

@@ -39,6 +39,7 @@ class SubmitBatcher:
         owner: str | None,
         result_ttl_s: float | None = None,
         webhook: str | None = None,
+        priority: str | None = None,
     ) -> list[tuple[str, bool]]:
         """Queue one request's inputs; each job's id and whether this request created it.
         ValueError for bad arguments; the request's own BatchlineError otherwise."""
@@ -52,6 +53,7 @@ class SubmitBatcher:
             owner=owner,
             result_ttl_s=result_ttl_s,
             webhook=webhook,
+            priority=priority,
         )
         future: asyncio.Future[list[tuple[str, bool]]] = asyncio.get_running_loop().create_future()
         self._waiting.append(future)

@@ -7,7 +7,7 @@ them (and the bodies that :mod:`api.submission` parses by hand) for ``/docs``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from fastapi import Request
@@ -45,7 +45,8 @@ def job_document(request: Request, job: Snapshot) -> Response:
 
 
 def pipeline_document(spec: PipelineSpec, view: Overview) -> dict[str, Any]:
-    """A pipeline's page: its stages with their batch settings, backlog and live workers."""
+    """A pipeline's page: its stages with their batch settings, backlog (in all, and per
+    priority lane) and live workers."""
     stages = []
     for stage in spec.stages:
         stats = view.stages.get(stage.name)
@@ -53,6 +54,7 @@ def pipeline_document(spec: PipelineSpec, view: Overview) -> dict[str, Any]:
             {
                 **stage.to_dict(),
                 "backlog": stats.backlog if stats else 0,
+                "lanes": stats.lanes if stats else {},
                 "workers": stats.workers if stats else [],
                 "counters": stats.counters if stats else {},
             }
@@ -66,6 +68,7 @@ def pipeline_document(spec: PipelineSpec, view: Overview) -> dict[str, Any]:
         "example": spec.example,
         "max_backlog": spec.max_backlog,
         "backlog": entry.backlog if entry else 0,
+        "lanes": entry.lanes if entry else {},
         "workers": sorted({w for stage in stages for w in stage["workers"]}),
         **({"nodes": view.nodes} if view.nodes else {}),
     }
@@ -110,6 +113,14 @@ _WEBHOOK = (
 )
 
 
+_PRIORITY = (
+    "The jobs' priority lane: `high`, `normal` (the default) or `low`. Workers read higher "
+    "lanes first, each lane with jobs waiting keeping at least its weighted share of every "
+    "batch (the stage's `lane_weights`, 8/4/1 by default); the backlog limit (429) applies "
+    "per lane."
+)
+
+
 class SubmitBody(BaseModel):
     """One input (`input`) or several (`inputs`), with an optional deadline: exactly one of
     the two, and no other field."""
@@ -125,6 +136,7 @@ class SubmitBody(BaseModel):
     timeout_s: float | None = Field(None, gt=0, description=_TIMEOUT_S)
     webhook: str | None = Field(None, pattern="^https?://", max_length=2048, description=_WEBHOOK)
     result_ttl_s: int | None = Field(None, ge=1, le=MAX_RESULT_TTL_S, description=_RESULT_TTL_S)
+    priority: Literal["high", "normal", "low"] | None = Field(None, description=_PRIORITY)
 
 
 class RunBody(BaseModel):
@@ -136,6 +148,7 @@ class RunBody(BaseModel):
     timeout_s: float | None = Field(None, gt=0, description=_TIMEOUT_S)
     webhook: str | None = Field(None, pattern="^https?://", max_length=2048, description=_WEBHOOK)
     result_ttl_s: int | None = Field(None, ge=1, le=MAX_RESULT_TTL_S, description=_RESULT_TTL_S)
+    priority: Literal["high", "normal", "low"] | None = Field(None, description=_PRIORITY)
 
 
 class Accepted(BaseModel):

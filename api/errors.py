@@ -176,7 +176,8 @@ async def _batchline_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, IdempotencyConflict):
         return problem(409, "idempotency_conflict", message, id=exc.job_id)
     if isinstance(exc, QueueFull):
-        return problem(429, "queue_full", message, _retry_after(exc.retry_after))
+        headers = _retry_after(exc.retry_after)
+        return problem(429, "queue_full", message, headers, lane=exc.lane)
     if isinstance(exc, BrokerFull):
         log.warning("answering 503: %s", exc)
         return problem(503, "broker_full", message, _retry_after(exc.retry_after))

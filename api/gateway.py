@@ -117,6 +117,7 @@ class Gateway:
             owner=owner,
             result_ttl_s=submission.result_ttl_s or result_ttl_s,
             webhook=submission.webhook,
+            priority=submission.priority,
         )
         self.metrics.submitted.labels(pipeline).inc(len(ids))
         if idempotency_key is None:

@@ -23,10 +23,11 @@ from api.documents import MAX_RESULT_TTL_S
 from api.errors import InvalidInput, UnsupportedMediaType, cut
 from queueing.client.core import MAX_SUBMIT_MANY
 from queueing.errors import ConfigError
+from queueing.lanes import LANES, check_lane
 from queueing.registry import PipelineSpec
 from queueing.webhooks import check_url
 
-_FIELDS = {"input", "inputs", "timeout_s", "webhook", "result_ttl_s"}
+_FIELDS = {"input", "inputs", "timeout_s", "webhook", "result_ttl_s", "priority"}
 MAX_DEPTH = 64
 """How deep arrays and objects may nest in a body, the body's own object being the first."""
 MIN_INT, MAX_INT = -(2**63), 2**64 - 1
@@ -71,6 +72,8 @@ class Submission:
     result_ttl_s: int | None = None
     """How long each job's record (and result) is kept once it has ended, in seconds (None:
     the gateway's default)."""
+    priority: str | None = None
+    """The jobs' priority lane (``high``, ``normal``, ``low``; None: ``normal``)."""
 
 
 def parse_submission(body: bytes, *, allow_many: bool = True) -> Submission:
@@ -96,7 +99,7 @@ def parse_submission(body: bytes, *, allow_many: bool = True) -> Submission:
     if unknown:
         raise InvalidInput(
             f"unknown field(s) {cut(', '.join(map(repr, unknown)))}; the body is {expected} "
-            'with optional "timeout_s", "webhook", "result_ttl_s"',
+            'with optional "timeout_s", "webhook", "result_ttl_s", "priority"',
             [{"where": f"body.{name}", "message": "unknown field"} for name in unknown],
         )
     if "inputs" in doc and not allow_many:
@@ -132,6 +135,16 @@ def parse_submission(body: bytes, *, allow_many: bool = True) -> Submission:
                 cut(str(exc)), [{"where": "body.webhook", "message": "not an http(s) URL"}]
             ) from None
     result_ttl_s = _result_ttl(doc.get("result_ttl_s"))
+    priority = doc.get("priority")
+    if priority is not None:
+        try:
+            check_lane(priority)
+        except ValueError:
+            lanes = ", ".join(f'"{lane}"' for lane in LANES)
+            raise InvalidInput(
+                f"priority must be one of {lanes}, got {cut(orjson.dumps(priority).decode())}",
+                [{"where": "body.priority", "message": f"must be one of {lanes}"}],
+            ) from None
     if "input" in doc:
         return Submission(
             [doc["input"]],
@@ -139,6 +152,7 @@ def parse_submission(body: bytes, *, allow_many: bool = True) -> Submission:
             None if timeout_s is None else float(timeout_s),
             webhook,
             result_ttl_s,
+            priority,
         )
     inputs = doc["inputs"]
     if not isinstance(inputs, list) or not inputs:
@@ -157,7 +171,12 @@ def parse_submission(body: bytes, *, allow_many: bool = True) -> Submission:
             [{"where": "body.inputs", "message": f"at most {MAX_SUBMIT_MANY} items"}],
         )
     return Submission(
-        inputs, True, None if timeout_s is None else float(timeout_s), webhook, result_ttl_s
+        inputs,
+        True,
+        None if timeout_s is None else float(timeout_s),
+        webhook,
+        result_ttl_s,
+        priority,
     )
 
 

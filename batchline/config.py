@@ -2,6 +2,7 @@
 :mod:`queueing.live_config`)::
 
     batchline config set mlp.classify max_batch_size=64 batch_wait_timeout_s=auto
+    batchline config set mlp.classify lane_weights=8,4,1
     batchline config show mlp.classify
     batchline config reset mlp.classify
 """
@@ -50,7 +51,8 @@ def register(sub: Any) -> None:
         "values",
         nargs="+",
         metavar="NAME=VALUE",
-        help="e.g. max_batch_size=64, batch_wait_timeout_s=auto, max_latency_ms=20",
+        help="e.g. max_batch_size=64, batch_wait_timeout_s=auto, max_latency_ms=20, "
+        "lane_weights=8,4,1",
     )
     change.set_defaults(run=_command(_set))
 
@@ -120,5 +122,6 @@ def _print(spec: StageSpec) -> None:
     print(f"  max_batch_size:       {spec.max_batch_size}")
     print(f"  batch_wait_timeout_s: {spec.batch_wait_timeout_s}")
     print(f"  max_latency_ms:       {spec.max_latency_ms}")
+    print(f"  lane_weights:         {','.join(map(str, spec.lane_weights))}")
     if spec.batch_size_fn:
         print(f"  batch_size_fn:        {spec.batch_size_fn}")

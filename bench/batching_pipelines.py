@@ -7,6 +7,8 @@ cost, so they burn no CPU on a shared machine and cost exactly what they claim:
   (32 items), the second by that padded cost (4096 padded tokens: 32 items of 128).
 - ``fixedcost``: a GPU-like model, ``2 ms + 0.05 ms per item``, whose batch wait is changed
   live by the adaptive-wait scenario (declared ``batch_wait_timeout_s=0``).
+- ``prio``: batches of 32 items that take 20 ms whatever their size (the priority lanes'
+  scenario, ``bench.scenarios_priority``).
 """
 
 from __future__ import annotations
@@ -57,3 +59,16 @@ def gpu_like(items: list[Any]) -> list[Any]:
 
 
 fixedcost = Pipeline("fixedcost", stage(gpu_like, name="model"), example={"x": 1})
+
+PRIO_BATCH = 32
+PRIO_BATCH_S = 0.02
+"""``prio``: batches of 32 that take 20 ms each (the priority scenario's model)."""
+
+
+@batch(max_batch_size=PRIO_BATCH, batch_wait_timeout_s=0)
+def prio_model(items: list[Any]) -> list[Any]:
+    time.sleep(PRIO_BATCH_S)
+    return list(items)
+
+
+prio = Pipeline("prio", stage(prio_model, name="model"), example={"x": 1})

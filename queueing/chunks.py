@@ -134,18 +134,19 @@ class ChunkWriter:
             self.keys.chunks(job_id),
         )
 
-    async def emit(self, partitions: Sequence[int], items: Sequence[Emitted]) -> list[str]:
-        """Write one step of every item (each in its partition, ``partitions[i]``): per item
-        'ok', 'fenced' (another consumer holds it now: stop, write nothing more) or the status
-        of a job that ended meanwhile (cancelled: stop)."""
+    async def emit(self, streams: Sequence[tuple[int, str]], items: Sequence[Emitted]) -> list[str]:
+        """Write one step of every item (each read from the stage's stream in its partition and
+        priority lane, ``streams[i]``): per item 'ok', 'fenced' (another consumer holds it now:
+        stop, write nothing more) or the status of a job that ended meanwhile (cancelled:
+        stop)."""
         answers = ["fenced"] * len(items)
-        by_partition: dict[int, list[int]] = defaultdict(list)
-        for index, partition in enumerate(partitions):
-            by_partition[partition].append(index)
+        by_stream: dict[tuple[int, str], list[int]] = defaultdict(list)
+        for index, stream in enumerate(streams):
+            by_stream[stream].append(index)
         now = repr(time.time())
-        for partition, indexes in by_partition.items():
+        for (partition, lane), indexes in by_stream.items():
             keys, args = emit_call(
-                self.keys.stream(partition, self.stage),
+                self.keys.stream(partition, self.stage, lane),
                 self.keys.stats(partition),
                 group=Keys.group(self.stage),
                 consumer=self.consumer,

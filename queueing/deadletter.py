@@ -259,9 +259,11 @@ class DeadLetters:
         return [answer for answer in answers if answer is not None]
 
     async def _requeue_one(self, letter: DeadLetter, now: str) -> Requeued:
+        # Back into its job's priority lane (a job's lane never changes: read before is safe).
+        lane: Any = await self.redis.hget(self.keys.job(letter.job_id), "lane")
         keys, args = requeue_call(
             self.keys.dead(letter.partition, letter.stage),
-            self.keys.stream(letter.partition, letter.stage),
+            self.keys.stream(letter.partition, letter.stage, lane.decode() if lane else "normal"),
             self.keys.job(letter.job_id),
             self.keys.stats(letter.partition),
             self.keys.webhooks_pending(letter.partition),

@@ -80,14 +80,25 @@ class UnknownJob(BatchlineError, LookupError):
 
 
 class QueueFull(BatchlineError):
-    """The first stage's backlog is over its limit; try again after ``retry_after`` seconds."""
+    """The first stage's backlog (in the job's priority lane: each lane has the limit) is over
+    its limit; try again after ``retry_after`` seconds."""
 
-    def __init__(self, pipeline: str, backlog: int, limit: int, retry_after: float = 1.0) -> None:
+    def __init__(
+        self,
+        pipeline: str,
+        backlog: int,
+        limit: int,
+        retry_after: float = 1.0,
+        *,
+        lane: str = "normal",
+    ) -> None:
+        where = "" if lane == "normal" else f" in lane {lane!r}"
         super().__init__(
-            f"pipeline {pipeline!r} is full: {backlog} queued, limit {limit}; "
+            f"pipeline {pipeline!r} is full{where}: {backlog} queued, limit {limit}; "
             f"retry after {retry_after:g}s"
         )
         self.pipeline = pipeline
+        self.lane = lane
         self.backlog = backlog
         self.limit = limit
         self.retry_after = retry_after

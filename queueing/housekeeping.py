@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from queueing.cluster import AsyncRedis
 from queueing.keys import Keys
+from queueing.lanes import LANES
 from queueing.settings import Settings
 
 IDLE_FACTOR = 10
@@ -99,10 +100,14 @@ async def remove_idle_consumers(
     removed: list[tuple[str, str]] = []
     for stage in stages:
         for partition in range(settings.partitions):
-            names = await script(
-                keys=[keys.stream(partition, stage)],
-                args=[Keys.group(stage), min_idle_ms, *sorted(live)],
-            )
+            names: dict[str, None] = {}  # (once per partition, whatever its lanes)
+            for lane in LANES:
+                names |= dict.fromkeys(
+                    await script(
+                        keys=[keys.stream(partition, stage, lane)],
+                        args=[Keys.group(stage), min_idle_ms, *sorted(live)],
+                    )
+                )
             removed += [(stage, _text(name)) for name in names]
     return removed
 

@@ -146,6 +146,8 @@ class Snapshot:
     webhook: bytes = b""
     """A job with a webhook: its deliveries as a JSON object (url, attempts, last_status,
     last_error, final), for the document."""
+    lane: str = "normal"
+    """Its priority lane (read from a record; a notice does not carry it)."""
 
     @classmethod
     def decode_all(cls, data: bytes) -> list[Snapshot]:
@@ -201,6 +203,7 @@ class Snapshot:
             owner.decode() if owner else None,
             raw.get(b"deadline", b""),
             _webhook(raw) if b"webhook" in raw else b"",
+            raw[b"lane"].decode() if b"lane" in raw else "normal",
         )
 
     def outcome(self) -> Any:

@@ -53,9 +53,13 @@ class Keys:
     def _tag(self, partition: int) -> str:
         return f"{self.prefix}:{{{partition}}}"
 
-    def stream(self, partition: int, stage: str) -> str:
-        """A stage's input stream; its consumer group is named after the stage."""
-        return f"{self._tag(partition)}:in:{stage}"
+    def stream(self, partition: int, stage: str, lane: str = "normal") -> str:
+        """A stage's input stream in one priority lane (see :mod:`queueing.lanes`); its
+        consumer group is named after the stage. The ``normal`` lane is the stage's stream of
+        old (``...:in:<stage>``); the others are siblings in the same slot."""
+        if lane == "normal":
+            return f"{self._tag(partition)}:in:{stage}"
+        return f"{self._tag(partition)}:in:{stage}:{lane}"
 
     def dead(self, partition: int, stage: str) -> str:
         """A stage's dead-letter stream."""

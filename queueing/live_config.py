@@ -1,5 +1,6 @@
-"""Live batch settings: change a stage's ``max_batch_size``, ``batch_wait_timeout_s`` or
-``max_latency_ms`` without restarting its workers.
+"""Live batch settings: change a stage's ``max_batch_size``, ``batch_wait_timeout_s``,
+``max_latency_ms`` or ``lane_weights`` (its priority lanes' shares of a batch, see
+:mod:`queueing.lanes`) without restarting its workers.
 
 A stage's live settings are one JSON document, ``{"values": {...}, "since": unix seconds}``, in
 a field of the registry hash (``settings:<pipeline>.<stage>``, see
@@ -20,13 +21,14 @@ from typing import Any
 from queueing.cluster import AsyncRedis
 from queueing.errors import DecodeError, UnknownPipeline
 from queueing.keys import Keys, check_name
+from queueing.lanes import check_weights
 from queueing.message import dumps, loads
 from queueing.registry import StageSpec, parse_registry
 from queueing.settings import Settings
 
 POLL_S = 0.5
 """How often a worker reads its stages' live settings (a change applies within this)."""
-SETTINGS = ("max_batch_size", "batch_wait_timeout_s", "max_latency_ms")
+SETTINGS = ("max_batch_size", "batch_wait_timeout_s", "max_latency_ms", "lane_weights")
 """What can be changed live."""
 AUTO = "auto"
 
@@ -74,6 +76,11 @@ def validate(values: Mapping[str, Any]) -> dict[str, Any]:
     if unknown:
         raise BadSetting(f"unknown setting {unknown[0]!r}; live settings are {', '.join(SETTINGS)}")
     checked = dict(values)
+    if "lane_weights" in checked:
+        try:
+            checked["lane_weights"] = list(check_weights(checked["lane_weights"]))
+        except ValueError as exc:
+            raise BadSetting(str(exc)) from None
     check_batch_settings(
         checked.get("max_batch_size", 1),
         checked.get("batch_wait_timeout_s", 0),
@@ -100,6 +107,8 @@ def _parse_value(name: str, raw: str) -> Any:
         return AUTO
     if name == "max_latency_ms" and raw.lower() in ("none", "null", ""):
         return None
+    if name == "lane_weights":
+        return raw  # (checked, and made a list, by validate)
     try:
         return int(raw) if name == "max_batch_size" else float(raw)
     except ValueError:

@@ -9,6 +9,7 @@ from typing import Any
 
 from queueing.cluster import AsyncRedis, layout
 from queueing.keys import Keys
+from queueing.lanes import LANES
 from queueing.message import loads
 from queueing.registry import PipelineSpec, parse_registry
 from queueing.settings import Settings
@@ -26,6 +27,8 @@ class StageStats:
     counters: dict[str, int]
     workers: list[str]
     """Live consumers serving this stage."""
+    lanes: dict[str, int] = field(default_factory=dict)
+    """The backlog in each priority lane (see :mod:`queueing.lanes`)."""
 
 
 @dataclass(frozen=True)
@@ -67,15 +70,17 @@ async def overview(client: AsyncRedis, settings: Settings) -> Overview:
     names = [stage.name for spec in specs.values() for stage in spec.stages]
     pipe = client.pipeline(transaction=False)
     for name in names:
-        for p in parts:
-            pipe.xlen(keys.stream(p, name))
-    lengths = await pipe.execute()
+        for lane in LANES:
+            for p in parts:
+                pipe.xlen(keys.stream(p, name, lane))
+    lengths = iter(await pipe.execute())
     stages = {}
-    for index, name in enumerate(names):
-        backlog = sum(lengths[index * len(parts) : (index + 1) * len(parts)])
+    for name in names:
+        lanes = {lane: sum(next(lengths) for _ in parts) for lane in LANES}
         stages[name] = StageStats(
             name=name,
-            backlog=backlog,
+            backlog=sum(lanes.values()),
+            lanes=lanes,
             counters={what: counters.get(f"{name}:{what}", 0) for what in COUNTERS},
             workers=sorted(w for w, doc in workers.items() if name in doc.get("stages", ())),
         )

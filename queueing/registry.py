@@ -14,6 +14,7 @@ from typing import Any
 from queueing.cluster import AsyncRedis
 from queueing.errors import DecodeError, UnknownPipeline
 from queueing.keys import SETTINGS_FIELD_PREFIX, Keys, check_name
+from queueing.lanes import DEFAULT_WEIGHTS, check_weights
 from queueing.message import dumps, loads
 from queueing.settings import Settings
 
@@ -40,6 +41,8 @@ class StageSpec:
     """The adaptive wait's latency budget."""
     max_batch_items: int | None = None
     """With ``batch_size_fn``: the most items per batch."""
+    lane_weights: tuple[int, int, int] = DEFAULT_WEIGHTS
+    """The priority lanes' weights (high, normal, low; see :mod:`queueing.lanes`)."""
     settings_since: float | None = None
     """When live settings (``batchline config set``) last changed this stage's batching (unix
     seconds); None: the values declared in code are in force."""
@@ -51,6 +54,7 @@ class StageSpec:
         wait = self.batch_wait_timeout_s
         if wait != "auto" and (isinstance(wait, str) or wait < 0):
             raise ValueError(f"stage {self.name}: batch_wait_timeout_s must be >= 0 or 'auto'")
+        object.__setattr__(self, "lane_weights", check_weights(self.lane_weights))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +67,7 @@ class StageSpec:
             "batch_size_fn": self.batch_size_fn,
             "max_latency_ms": self.max_latency_ms,
             "max_batch_items": self.max_batch_items,
+            "lane_weights": list(self.lane_weights),
             "settings_since": self.settings_since,
         }
 
@@ -78,6 +83,7 @@ class StageSpec:
             batch_size_fn=doc.get("batch_size_fn"),
             max_latency_ms=doc.get("max_latency_ms"),
             max_batch_items=doc.get("max_batch_items"),
+            lane_weights=tuple(doc.get("lane_weights", DEFAULT_WEIGHTS)),
             settings_since=doc.get("settings_since"),
         )
 

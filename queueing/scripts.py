@@ -111,6 +111,8 @@ class SubmitCall:
     """The URL its jobs' ends are POSTed to ('' none; see :mod:`queueing.webhooks`)."""
     pending: str = ""
     """With a webhook: the partition's set of jobs whose webhook is pending."""
+    lane: str = ""
+    """The priority lane ('' normal) whose stream ``stream`` is (kept in each job's record)."""
 
     def pack(self, *, retry: bool = False) -> Call:
         """KEYS and ARGV. ``retry``: an earlier attempt of this very call may have run (its
@@ -127,6 +129,7 @@ class SubmitCall:
             self.owner,
             1 if retry else 0,
             self.webhook,
+            self.lane,
         ]
         n_jobs = sum(len(group) for group in self.groups)
         for group in self.groups:

@@ -25,6 +25,7 @@ from typing import Any
 
 from queueing.cluster import AsyncRedis
 from queueing.keys import Keys
+from queueing.lanes import LANES
 from queueing.message import dumps, loads
 
 SAMPLE_CAP = 32
@@ -213,9 +214,11 @@ async def in_flight(
     pipe = client.pipeline(transaction=False)
     for stage in stages:
         for p in range(partitions):
-            pipe.xpending(keys.stream(p, stage), Keys.group(stage))
+            for lane in LANES:
+                pipe.xpending(keys.stream(p, stage, lane), Keys.group(stage))
     replies = await pipe.execute(raise_on_error=False)
     counts = [0 if isinstance(r, Exception) else int(r["pending"]) for r in replies]
+    per_stage = partitions * len(LANES)
     return {
-        stage: sum(counts[i * partitions : (i + 1) * partitions]) for i, stage in enumerate(stages)
+        stage: sum(counts[i * per_stage : (i + 1) * per_stage]) for i, stage in enumerate(stages)
     }

@@ -13,7 +13,7 @@ import socket
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio
@@ -22,6 +22,7 @@ import redis.exceptions
 
 from queueing.cluster import AsyncRedis
 from queueing.keys import Keys
+from queueing.lanes import DEFAULT_LANE, LANES
 from queueing.message import dumps, job_id_of
 from queueing.scripts import (
     FINISH,
@@ -42,6 +43,10 @@ DELIVERY_CAP = 5
 workers died before they got to it) is dead-lettered too."""
 
 
+DeliveryKey = tuple[int, str, str]
+"""(partition, lane, entry id): what tells an entry in hand from any other."""
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """One entry read from a stage's stream (``fields`` is None if its payload was deleted)."""
@@ -51,6 +56,14 @@ class Delivery:
     fields: dict[bytes, bytes] | None
     deliveries: int = 1
     """Times the entry was delivered (more than 1 for one claimed from a dead consumer)."""
+    lane: str = DEFAULT_LANE
+    """The priority lane it was read from (its job's lane: see :mod:`queueing.lanes`)."""
+    key: DeliveryKey = field(init=False, repr=False, compare=False)
+    """What tells it from any other entry in hand (ids are unique per stream only)."""
+
+    def __post_init__(self) -> None:
+        # (made once: workers use it several times per item, in dicts of entries in hand)
+        object.__setattr__(self, "key", (self.partition, self.lane, self.entry_id))
 
 
 @dataclass(slots=True)
@@ -108,23 +121,26 @@ class StageQueue:
         self.group = Keys.group(stage)
         self.consumer = consumer
         self.partitions = range(settings.partitions)
-        self._streams = {self.keys.stream(p, stage): p for p in self.partitions}
+        self._streams = {
+            self.keys.stream(p, stage, lane): (p, lane) for p in self.partitions for lane in LANES
+        }
+        """Every input stream (each partition's, in each lane) -> (partition, lane)."""
         self._sharded = (
-            isinstance(client, redis.asyncio.cluster.RedisCluster) and len(self._streams) > 1
+            isinstance(client, redis.asyncio.cluster.RedisCluster) and len(self.partitions) > 1
         )
-        """A cluster: the partitions' streams are read one by one (see :meth:`_read_sharded`)."""
-        self._reads: dict[str, asyncio.Future[Any]] = {}
+        """A cluster: the partitions are read one by one (see :meth:`_read_sharded`)."""
+        self._reads: dict[int, asyncio.Future[Any]] = {}
         self._ready: list[Delivery] = []
         self._job_prefixes = [self.keys.job_prefix(p) for p in self.partitions]
-        self._targets: dict[tuple[int, str], str] = {}
-        """Stream keys of the stages this one hands to, by (partition, stage)."""
+        self._targets: dict[tuple[int, str, str], str] = {}
+        """Stream keys of the stages this one hands to, by (partition, stage, lane)."""
         self._start = client.register_script(START)
         self._finish = client.register_script(FINISH)
         self._touch = client.register_script(TOUCH)
 
     async def ensure_groups(self) -> None:
-        """Create the consumer group of every partition (from the start of the stream, so
-        that entries submitted before any worker existed are read too)."""
+        """Create the consumer group of every partition and lane (from the start of the
+        stream, so that entries submitted before any worker existed are read too)."""
         for stream in self._streams:
             try:
                 await self.redis.xgroup_create(stream, self.group, id="0", mkstream=True)
@@ -133,19 +149,38 @@ class StageQueue:
                     raise
 
     async def read(
-        self, count: int, block_ms: int | None, *, own_pending: bool = False
+        self,
+        count: int,
+        block_ms: int | None,
+        *,
+        own_pending: bool = False,
+        lanes: Iterable[str] = LANES,
     ) -> list[Delivery]:
-        """Up to ``count`` new entries, blocking up to ``block_ms`` for the first (None: do
-        not block). ``own_pending`` re-reads what this consumer holds already (after a
-        restart under the same name)."""
+        """Up to ``count`` new entries of each of ``lanes`` (every lane by default), blocking
+        up to ``block_ms`` for the first (None: do not block). ``own_pending`` re-reads what
+        this consumer holds already (after a restart under the same name)."""
         since = "0" if own_pending else ">"
+        wanted = set(lanes)
+        try:
+            return await self._read(count, block_ms, since, wanted, own_pending)
+        except redis.exceptions.ResponseError as exc:
+            if not str(exc).startswith("NOGROUP"):
+                raise
+            # A lane's stream or group is missing (made by a batchline before lanes, or
+            # deleted from outside): made now, empty; read again.
+            await self.ensure_groups()
+            return await self._read(count, block_ms, since, wanted, own_pending)
+
+    async def _read(
+        self, count: int, block_ms: int | None, since: str, wanted: set[str], own_pending: bool
+    ) -> list[Delivery]:
         try:
             if self._sharded:
-                return await self._read_sharded(count, block_ms, since)
+                return await self._read_sharded(count, block_ms, since, wanted)
             reply: Any = await self.redis.xreadgroup(
                 self.group,
                 self.consumer,
-                {stream: since for stream in self._streams},
+                {stream: since for stream, (_, lane) in self._streams.items() if lane in wanted},
                 count=count,
                 block=None if own_pending else block_ms,
             )
@@ -163,20 +198,15 @@ class StageQueue:
         deliveries = await self.read(count, None, own_pending=True)
         if not deliveries:
             return deliveries
-        times: dict[tuple[int, str], int] = {}
-        for partition in self.partitions:
+        times: dict[tuple[int, str, str], int] = {}
+        for stream, (partition, lane) in self._streams.items():
             pending: Any = await self.redis.xpending_range(
-                self.keys.stream(partition, self.stage),
-                self.group,
-                min="-",
-                max="+",
-                count=count,
-                consumername=self.consumer,
+                stream, self.group, min="-", max="+", count=count, consumername=self.consumer
             )
             for p in pending:
-                times[partition, p["message_id"].decode()] = int(p["times_delivered"])
+                times[partition, lane, p["message_id"].decode()] = int(p["times_delivered"])
         return [
-            Delivery(d.partition, d.entry_id, d.fields, times.get((d.partition, d.entry_id), 1))
+            Delivery(d.partition, d.entry_id, d.fields, times.get(d.key, 1), d.lane)
             for d in deliveries
         ]
 
@@ -193,24 +223,28 @@ class StageQueue:
     def _deliveries(self, reply: Any) -> list[Delivery]:
         out = []
         for stream, entries in reply or ():
-            partition = self._streams[stream.decode() if isinstance(stream, bytes) else stream]
+            partition, lane = self._streams[
+                stream.decode() if isinstance(stream, bytes) else stream
+            ]
             for entry_id, fields in entries:
-                out.append(Delivery(partition, entry_id.decode(), fields or None))
+                out.append(Delivery(partition, entry_id.decode(), fields or None, lane=lane))
         return out
 
-    async def _read_sharded(self, count: int, block_ms: int | None, since: str) -> list[Delivery]:
+    async def _read_sharded(
+        self, count: int, block_ms: int | None, since: str, lanes: set[str]
+    ) -> list[Delivery]:
         """:meth:`read` in a cluster, where one XREADGROUP cannot name the streams of several
-        partitions (each is in its own slot): what earlier blocking reads brought first; then
-        one non-blocking read per partition in one pipeline (the cluster client sends each to
-        its master); if all are empty, one blocking read per partition at once, returning with
-        the first that answers. The others stay in flight for the next call, so no entry they
-        bring is dropped (it waits in ``_ready``)."""
+        partitions (each is in its own slot; a partition's lanes share it): what earlier
+        blocking reads brought first; then one non-blocking read per partition in one pipeline
+        (the cluster client sends each to its master); if all are empty, one blocking read per
+        partition at once, returning with the first that answers. The others stay in flight
+        for the next call, so no entry they bring is dropped (it waits in ``_ready``)."""
         if not self._ready and since == ">":
             self._collect_reads()
         if not self._ready:
-            idle = [stream for stream in self._streams if stream not in self._reads]
+            idle = [p for p in self.partitions if p not in self._reads]
             replies = await asyncio.gather(
-                *(self._read_one(s, since, count) for s in idle), return_exceptions=True
+                *(self._read_one(p, since, count, lanes) for p in idle), return_exceptions=True
             )
             # What the masters that answered delivered is kept (it is pending on this consumer
             # now) before an error of another (a master failing over) is raised.
@@ -221,10 +255,10 @@ class StageQueue:
             if errors and not self._ready:
                 raise errors[0]
         if not self._ready and block_ms is not None and since == ">":
-            for stream in self._streams:
-                if stream not in self._reads:
-                    read = self._read_one(stream, ">", count, block_ms)
-                    self._reads[stream] = asyncio.ensure_future(read)
+            for partition in self.partitions:
+                if partition not in self._reads:
+                    read = self._read_one(partition, ">", count, set(LANES), block_ms)
+                    self._reads[partition] = asyncio.ensure_future(read)
             await asyncio.wait(
                 self._reads.values(),
                 timeout=block_ms / 1000 + 1,
@@ -235,14 +269,15 @@ class StageQueue:
         return out
 
     async def _read_one(
-        self, stream: str, since: str, count: int, block_ms: int | None = None
+        self, partition: int, since: str, count: int, lanes: set[str], block_ms: int | None = None
     ) -> Any:
-        """One partition's XREADGROUP, sent to the master that owns its slot. (Through the
-        cluster client's own routing, each read cost two COMMAND GETKEYS round trips to
-        learn where its keys are, XREADGROUP's being "movable".) A slot that moved answers
-        nothing this time: the client learns the new owner for the next read."""
+        """One partition's XREADGROUP (of its ``lanes``), sent to the master that owns its
+        slot. (Through the cluster client's own routing, each read cost two COMMAND GETKEYS
+        round trips to learn where its keys are, XREADGROUP's being "movable".) A slot that
+        moved answers nothing this time: the client learns the new owner for the next read."""
         assert isinstance(self.redis, redis.asyncio.cluster.RedisCluster)
         block = () if block_ms is None else ("BLOCK", block_ms)
+        streams = [s for s, (p, lane) in self._streams.items() if p == partition and lane in lanes]
         try:
             return await self.redis.execute_command(
                 "XREADGROUP",
@@ -253,9 +288,9 @@ class StageQueue:
                 count,
                 *block,
                 "STREAMS",
-                stream,
-                since,
-                target_nodes=self.redis.get_node_from_key(stream),
+                *streams,
+                *[since] * len(streams),
+                target_nodes=self.redis.get_node_from_key(streams[0]),
             )
         except redis.exceptions.AskError:  # (MOVED too)
             await self.redis.nodes_manager.initialize()
@@ -265,10 +300,10 @@ class StageQueue:
     def _collect_reads(self) -> None:
         """Move what finished blocking reads brought to ``_ready`` (raising the first error)."""
         error: BaseException | None = None
-        for stream, read in list(self._reads.items()):
+        for partition, read in list(self._reads.items()):
             if not read.done():
                 continue
-            del self._reads[stream]
+            del self._reads[partition]
             if read.cancelled():
                 continue
             if read.exception() is not None:
@@ -313,9 +348,9 @@ class StageQueue:
         done: list[bool] = [False] * len(outcomes)
         now = repr(time.time())
         ttl = int(self.settings.result_ttl_s)
-        for partition, indexes in _by_partition(o.delivery for o in outcomes).items():
+        for (partition, lane), indexes in _by_stream(o.delivery for o in outcomes).items():
             keys, args = finish_call(
-                self.keys.stream(partition, self.stage),
+                self.keys.stream(partition, self.stage, lane),
                 self.keys.dead(partition, self.stage),
                 self.keys.stats(partition),
                 group=self.group,
@@ -323,20 +358,22 @@ class StageQueue:
                 now=now,
                 ttl=ttl,
                 stage=self.stage,
-                items=[self._finished(partition, outcomes[i]) for i in indexes],
+                items=[self._finished(partition, lane, outcomes[i]) for i in indexes],
             )
             reply = await self._finish(keys=keys, args=args)
             for i, ok in zip(indexes, reply, strict=True):
                 done[i] = bool(ok)
         return done
 
-    def _finished(self, partition: int, outcome: Outcome) -> Finished:
+    def _finished(self, partition: int, lane: str, outcome: Outcome) -> Finished:
+        """One item for FINISH; a job handed on stays in its lane."""
         job_id = outcome.job_id
         targets: list[Target] = []
         for stage in outcome.targets:
-            stream = self._targets.get((partition, stage))
+            stream = self._targets.get((partition, stage, lane))
             if stream is None:
-                stream = self._targets[partition, stage] = self.keys.stream(partition, stage)
+                stream = self.keys.stream(partition, stage, lane)
+                self._targets[partition, stage, lane] = stream
             if outcome.kind == Kind.JOIN:
                 join = self.keys.joins(job_id)
                 targets.append(Target(stage, stream, join, outcome.branch, outcome.fan_in))
@@ -360,10 +397,11 @@ class StageQueue:
         claimed: list[Delivery] = []
         gone = 0
         min_idle = int(self.settings.visibility_timeout_s * 1000)
-        for partition in self.partitions:
-            stream = self.keys.stream(partition, self.stage)
+        for stream, (partition, lane) in self._streams.items():  # (the higher lanes first)
+            if len(claimed) >= count:
+                break
             idle: Any = await self.redis.xpending_range(
-                stream, self.group, min="-", max="+", count=count, idle=min_idle
+                stream, self.group, min="-", max="+", count=count - len(claimed), idle=min_idle
             )
             if not idle:
                 continue
@@ -376,7 +414,9 @@ class StageQueue:
                     continue
                 taken.add(entry_id)
                 claimed.append(
-                    Delivery(partition, entry_id.decode(), fields or None, deliveries[entry_id])
+                    Delivery(
+                        partition, entry_id.decode(), fields or None, deliveries[entry_id], lane
+                    )
                 )
             # Entries another consumer took meanwhile are not returned; deleted ones are not
             # either (and the claim dropped them from the group): ack those for older servers.
@@ -399,21 +439,28 @@ class StageQueue:
     async def touch(self, deliveries: Iterable[Delivery]) -> None:
         """Reset the idle time of entries this consumer still holds (they are being worked on),
         and of those a cluster's reads brought that wait in ``_ready`` for the next batch."""
-        by_partition: dict[int, list[str]] = defaultdict(list)
+        by_stream: dict[tuple[int, str], list[str]] = defaultdict(list)
         for delivery in [*deliveries, *self._ready]:  # (none: nothing to send)
-            by_partition[delivery.partition].append(delivery.entry_id)
-        for partition, entry_ids in by_partition.items():
+            by_stream[delivery.partition, delivery.lane].append(delivery.entry_id)
+        for (partition, lane), entry_ids in by_stream.items():
             keys, args = touch_call(
-                self.keys.stream(partition, self.stage), self.group, self.consumer, entry_ids
+                self.keys.stream(partition, self.stage, lane), self.group, self.consumer, entry_ids
             )
             await self._touch(keys=keys, args=args)
 
     async def backlog(self) -> int:
-        """Entries queued or in flight, over all partitions."""
+        """Entries queued or in flight, over all partitions and lanes."""
+        return sum((await self.backlogs()).values())
+
+    async def backlogs(self) -> dict[str, int]:
+        """Entries queued or in flight in each lane, over all partitions."""
         pipe = self.redis.pipeline(transaction=False)
         for stream in self._streams:
             pipe.xlen(stream)
-        return sum(await pipe.execute())
+        out = dict.fromkeys(LANES, 0)
+        for (_, lane), length in zip(self._streams.values(), await pipe.execute(), strict=True):
+            out[lane] += length
+        return out
 
 
 def _by_partition(deliveries: Iterable[Delivery]) -> dict[int, list[int]]:
@@ -421,6 +468,14 @@ def _by_partition(deliveries: Iterable[Delivery]) -> dict[int, list[int]]:
     out: dict[int, list[int]] = defaultdict(list)
     for index, delivery in enumerate(deliveries):
         out[delivery.partition].append(index)
+    return out
+
+
+def _by_stream(deliveries: Iterable[Delivery]) -> dict[tuple[int, str], list[int]]:
+    """Positions of the deliveries, by the stream they were read from (partition, lane)."""
+    out: dict[tuple[int, str], list[int]] = defaultdict(list)
+    for index, delivery in enumerate(deliveries):
+        out[delivery.partition, delivery.lane].append(index)
     return out
 
 

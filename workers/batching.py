@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, overload
 
 from queueing.errors import BatchlineError
+from queueing.lanes import DEFAULT_WEIGHTS, check_weights
 from queueing.live_config import AUTO, check_batch_settings
 from workers.adaptive import AdaptiveWait
 
@@ -68,6 +69,9 @@ class BatchConfig:
     continuous: bool = False
     """A streaming step handler (see :mod:`workers.streaming`): an item that has ended leaves
     the running batch at once and a waiting one takes its place (continuous batching)."""
+    lane_weights: tuple[int, int, int] = DEFAULT_WEIGHTS
+    """The priority lanes' weights (high, normal, low): each lane with entries waiting gets at
+    least its weighted share of a batch (see :mod:`queueing.lanes`)."""
 
     def __post_init__(self) -> None:
         check_batch_settings(
@@ -76,6 +80,8 @@ class BatchConfig:
             self.max_latency_ms,
             self.max_batch_items,
         )
+        # (a list from live settings' JSON, as the tuple it compares equal to)
+        object.__setattr__(self, "lane_weights", check_weights(self.lane_weights))
         if self.batch_size_fn is not None and not callable(self.batch_size_fn):
             raise ValueError(f"batch_size_fn must be callable, got {self.batch_size_fn!r}")
 
@@ -147,7 +153,7 @@ class BatchConfig:
 
     def with_settings(self, **values: Any) -> BatchConfig:
         """A copy with live settings applied (``max_batch_size``, ``batch_wait_timeout_s``,
-        ``max_latency_ms``), validated."""
+        ``max_latency_ms``, ``lane_weights``), validated."""
         return dataclasses.replace(self, **values)
 
 
@@ -248,6 +254,7 @@ def batch(
     max_latency_ms: float | None = None,
     max_batch_items: int | None = None,
     continuous: bool = False,
+    lane_weights: tuple[int, int, int] = DEFAULT_WEIGHTS,
 ) -> Callable[[BatchFn], BatchedHandler[Any]]: ...
 def batch(
     fn: BatchFn | None = None,
@@ -259,11 +266,13 @@ def batch(
     max_latency_ms: float | None = None,
     max_batch_items: int | None = None,
     continuous: bool = False,
+    lane_weights: tuple[int, int, int] = DEFAULT_WEIGHTS,
 ) -> BatchedHandler[Any] | Callable[[BatchFn], BatchedHandler[Any]]:
     """Mark a function or method as a batch handler: it takes a list of inputs and returns a
     list of outputs of the same length. Works bare (``@batch``) or with settings (see
     :class:`BatchConfig`): ``batch_size_fn`` bounds batches by cost instead of count,
-    ``batch_wait_timeout_s="auto"`` adapts the wait to the handler's measured cost.
+    ``batch_wait_timeout_s="auto"`` adapts the wait to the handler's measured cost;
+    ``lane_weights`` shares a batch among the priority lanes (:mod:`queueing.lanes`).
 
     A generator function (sync or async) is a streaming handler: each ``yield`` is one step,
     a list with one chunk per item (``StopIteration`` where an item has ended).
@@ -276,6 +285,7 @@ def batch(
         max_latency_ms,
         max_batch_items,
         continuous,
+        lane_weights,
     )
 
     def wrap(f: BatchFn) -> BatchedHandler[Any]:

@@ -1,11 +1,18 @@
-"""How a worker forms one batch from its stage's stream: read, wait (fixed or adaptive), and
-cut at the count or cost bound.
+"""How a worker forms one batch from its stage's streams: read, wait (fixed or adaptive), fill
+it from the priority lanes by their weights, and cut at the count or cost bound.
 
 With ``batch_size_fn`` the worker reads up to ``max_items`` entries at once, decodes them to
 price them, and cuts the batch before the entry that would push its cost past
 ``max_batch_size``. The entries beyond the cut are pending on this consumer already: they are
 *carried* to the next batch (first in it, in order), held and touched by heartbeats like any
 entry in hand, so they are neither lost nor left for a claim after the visibility timeout.
+
+The priority lanes (:mod:`queueing.lanes`) reuse that carry: a worker reads every lane (each
+up to a batch's worth beyond what it carries of that lane), fills the batch high lane first
+within the lanes' weighted shares (:class:`~queueing.lanes.LaneShares`), and carries the rest.
+Since the next batch is read while the current one runs, :meth:`BatchFormer.refresh` looks
+again, just before a batch that waited goes to the model, for entries of higher lanes than its
+lowest: they take their share of it, and what they displace is carried.
 """
 
 from __future__ import annotations
@@ -13,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, MutableMapping
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any, Protocol
 
 from queueing.errors import DecodeError
+from queueing.lanes import LANES, RANK, LaneShares
 from queueing.message import Message
-from queueing.streams import Delivery
+from queueing.streams import Delivery, DeliveryKey
 from workers.adaptive import AdaptiveWait
 from workers.batching import BatchConfig
 
@@ -28,7 +37,9 @@ MIN_POLL_S = 0.0005
 
 
 class _Readable(Protocol):
-    async def read(self, count: int, block_ms: int | None) -> list[Delivery]: ...
+    async def read(
+        self, count: int, block_ms: int | None, *, lanes: Iterable[str] = LANES
+    ) -> list[Delivery]: ...
 
 
 _UNPRICED = object()
@@ -37,13 +48,15 @@ _UNPRICED = object()
 class BatchFormer:
     """Forms a stage's batches: holds the carried entries and the adaptive wait's estimates."""
 
-    def __init__(self, config: BatchConfig, held: MutableMapping[str, Delivery]) -> None:
+    def __init__(self, config: BatchConfig, held: MutableMapping[DeliveryKey, Delivery]) -> None:
         self.config = config
         self.held = held
         self.carry: list[Delivery] = []
-        """Entries read but cut from the last batch by its cost bound: first in the next."""
+        """Entries read but left out of the last batch (by its cost bound, or by the lanes'
+        shares): first in their lane in the next."""
         self._carry_since = 0.0
-        self._values: dict[str, Any] = {}
+        self._values: dict[DeliveryKey, Any] = {}
+        self.shares = LaneShares()
         self._queued: Callable[[], int] = lambda: 0
         self.estimates = AdaptiveWait(config.max_latency_ms)
         """The adaptive wait's fit and arrival rate, fed whatever the wait (a few float
@@ -76,15 +89,11 @@ class BatchFormer:
         batch is not closed) more for as long as the wait allows. ``queued``: how many
         batches wait for the handler ahead of this one."""
         self._queued = queued
-        config = self.config
         deliveries, self.carry = self.carry, []
         started = self._carry_since if deliveries else 0.0
-        if not self._closed(deliveries):
-            more = await queue.read(
-                config.max_items - len(deliveries), None if deliveries else block_ms
-            )
-            self._arrived(more)
-            deliveries += more
+        more = await self._refill(queue, deliveries, None if deliveries else block_ms)
+        self._arrived(more)
+        deliveries += more
         if not deliveries:
             return deliveries
         now = time.monotonic()
@@ -95,26 +104,89 @@ class BatchFormer:
                 break
             # Poll rather than XREADGROUP BLOCK: a server times out blocked commands only on
             # its `hz` tick (100 ms by default), which would stretch a 2 ms wait to 100 ms.
-            more = await queue.read(config.max_items - len(deliveries), None)
+            more = await self._refill(queue, deliveries, None)
             if more:
                 self._arrived(more)
                 deliveries += more
             else:
                 await asyncio.sleep(self._pause(remaining))
-        size = self._take(deliveries)
-        batch, self.carry = deliveries[:size], deliveries[size:]
         for delivery in deliveries:
-            self.held[delivery.entry_id] = delivery
-        for delivery in batch:
-            self._values.pop(delivery.entry_id, None)
-        if self.carry:
-            self._carry_since = time.monotonic()
-        return batch
+            self.held[delivery.key] = delivery
+        return self._form(deliveries)
+
+    async def refresh(self, queue: _Readable, batch: list[Delivery]) -> list[Delivery]:
+        """``batch`` (formed earlier, while the one before ran) with the entries of lanes
+        above its lowest that came since taking their share of it; those they displace are
+        carried to the next batch. No such lane, or nothing new in it: ``batch`` as it is."""
+        if not batch:
+            return batch
+        lowest = max(RANK[delivery.lane] for delivery in batch)
+        more = await queue.read(self.config.max_items, None, lanes=LANES[:lowest]) if lowest else []
+        if not more:
+            return batch
+        self._arrived(more)
+        for delivery in more:
+            self.held[delivery.key] = delivery
+        return self._form([*batch, *more])
 
     def drain(self) -> list[list[Delivery]]:
         """The carried entries as batches (when the loop stops: they run before it ends)."""
-        carried, self.carry = self.carry, []
-        return self.cut(carried)
+        batches = []
+        while self.carry:
+            carried, self.carry = self.carry, []
+            batches.append(self._form(carried))
+        return batches
+
+    def _form(self, pool: list[Delivery]) -> list[Delivery]:
+        """The batch from ``pool`` (entries in hand, in order within each lane): the lanes'
+        shares, then the count and cost bounds; the rest is carried."""
+        ordered = self._by_shares(pool)
+        size = self._take(ordered)
+        batch, rest = ordered[:size], ordered[size:]
+        for delivery in batch:
+            self._values.pop(delivery.key, None)
+        if rest and not self.carry:
+            self._carry_since = time.monotonic()
+        self.carry += rest  # (refresh may have carried entries meanwhile: kept)
+        return batch
+
+    def _by_shares(self, pool: list[Delivery]) -> list[Delivery]:
+        """``pool`` in the order batches take it: each lane's share (see LaneShares), then
+        the rest. One lane (the usual case): as it is."""
+        lane = pool[0].lane if pool else ""
+        if all(delivery.lane == lane for delivery in pool):
+            return pool
+        lanes: dict[str, list[Delivery]] = defaultdict(list)
+        for delivery in pool:
+            lanes[delivery.lane].append(delivery)
+        waiting = {lane: len(entries) for lane, entries in lanes.items()}
+        ordered: list[Delivery] = []
+        taken = Counter[str]()
+        for lane, n in self.shares.plan(waiting, self.config.lane_weights, self.config.max_items):
+            ordered += lanes[lane][taken[lane] : taken[lane] + n]
+            taken[lane] += n
+        for lane in LANES:
+            ordered += lanes[lane][taken[lane] :]
+        return ordered
+
+    async def _refill(
+        self, queue: _Readable, pool: list[Delivery], block_ms: int | None
+    ) -> list[Delivery]:
+        """New entries for ``pool``. Of one lane and not closed (the usual case): as many as
+        complete the batch, from every lane. Otherwise, in one read without blocking: of each
+        lane short of a batch's worth in the pool (with a pool of one lane closed by its cost:
+        of the other lanes only), up to the batch's worth of the lane that has least (so a
+        lane holds less than two batches' worth)."""
+        max_items = self.config.max_items
+        held = Counter(delivery.lane for delivery in pool)
+        if len(held) <= 1 and not self._closed(pool):
+            return await queue.read(max_items - len(pool), block_ms)
+        lanes = [
+            lane for lane in LANES if held[lane] < max_items and (len(held) > 1 or not held[lane])
+        ]
+        if not lanes:
+            return []
+        return await queue.read(max_items - min(held[lane] for lane in lanes), None, lanes=lanes)
 
     def cut(self, deliveries: list[Delivery], most: int | None = None) -> list[list[Delivery]]:
         """``deliveries`` in order as batches within the count and cost bounds (and of at
@@ -124,7 +196,7 @@ class BatchFormer:
             size = self._take(deliveries[:most] if most else deliveries)
             batches.append(deliveries[:size])
             for delivery in deliveries[:size]:
-                self._values.pop(delivery.entry_id, None)
+                self._values.pop(delivery.key, None)
             deliveries = deliveries[size:]
         return batches
 
@@ -151,13 +223,13 @@ class BatchFormer:
             self.estimates.arrived(len(deliveries))
 
     def _value(self, delivery: Delivery) -> Any:
-        value = self._values.get(delivery.entry_id, _UNPRICED)
+        value = self._values.get(delivery.key, _UNPRICED)
         if value is _UNPRICED:
             try:
                 value = Message.decode(delivery.fields).value()
             except DecodeError:
                 value = None  # priced at nothing; the stage fails it when it runs
-            self._values[delivery.entry_id] = value
+            self._values[delivery.key] = value
         return value
 
     def _priced(self, deliveries: list[Delivery]) -> list[Any]:

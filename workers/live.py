@@ -76,10 +76,11 @@ async def apply_live_settings(
             loop.apply_config(config)
             log.info(
                 "stage %s: batching with max_batch_size=%s batch_wait_timeout_s=%s "
-                "max_latency_ms=%s (%s)",
+                "max_latency_ms=%s lane_weights=%s (%s)",
                 name,
                 config.max_batch_size,
                 config.batch_wait_timeout_s,
                 config.max_latency_ms,
+                ",".join(map(str, config.lane_weights)),
                 "live settings" if live else "as declared",
             )

@@ -31,6 +31,7 @@ from queueing.stagestats import StageRecorder
 from queueing.streams import (
     DELIVERY_CAP,
     Delivery,
+    DeliveryKey,
     Outcome,
     StageQueue,
     never_started,
@@ -57,6 +58,10 @@ OWN_PENDING_LIMIT = 100_000
 
 _IN_SANDBOX: ContextVar[bool] = ContextVar("in_sandbox", default=False)
 """Set while a batch of suspects runs: its model calls go to the sandbox."""
+REFRESH_AFTER_S = 0.005
+"""A batch read this long before the model takes it is refreshed first: entries of higher
+priority lanes that came meanwhile take their share of it (see BatchFormer.refresh). (A batch
+taken sooner is not: one more read per batch would cost a fast model more than it gains.)"""
 
 
 class _Abandon(Exception):
@@ -69,6 +74,8 @@ class _Batch:
 
     deliveries: list[Delivery]
     suspect: bool = False
+    read_at: float | None = None
+    """When the read loop formed it from new entries (``time.monotonic()``)."""
 
 
 @dataclass(slots=True)
@@ -96,7 +103,7 @@ class StageLoop:
         self.settings = settings
         self.burst = burst
         self.config = handler.config
-        self.held: dict[str, Delivery] = {}
+        self.held: dict[DeliveryKey, Delivery] = {}
         """Entries read and not yet finished: touched on every heartbeat."""
         self.former = BatchFormer(self.config, self.held)
         """Forms batches (count or cost bound, fixed or adaptive wait); holds the entries
@@ -162,7 +169,7 @@ class StageLoop:
                 await finishing
                 finishing = None
             process = self._process_suspects if batch.suspect else self.process
-            outcomes = await process(batch.deliveries)
+            outcomes = await process(await self._refreshed(batch))
             if batch.suspect:
                 # Nor a crash in the next batch this one's: an entry that has used its
                 # last attempt would be dead-lettered though it ran.
@@ -174,6 +181,9 @@ class StageLoop:
             finishing = asyncio.create_task(self.finish(outcomes))
         if finishing is not None:
             await finishing
+        # Entries a refresh carried after the read loop drained the carry: run them too.
+        for carried in self.former.drain():
+            await self.finish(await self.process(carried))
 
     async def _read_loop(self, stop: asyncio.Event) -> None:
         """Fill the inbox: first this consumer's own pending entries (a restart under the
@@ -193,7 +203,7 @@ class StageLoop:
                 read = functools.partial(self.read_batch, block=not self._recovered)
                 deliveries = await self._persist("read", read)
                 if deliveries:
-                    await self._put(_Batch(deliveries))
+                    await self._put(_Batch(deliveries, read_at=time.monotonic()))
                 elif self.burst:
                     claimed, _ = await self.queue.claim(self.config.max_items)
                     if claimed:
@@ -228,7 +238,7 @@ class StageLoop:
         recovered again keep their place in this order. They are held (touched by heartbeats)
         from now on."""
         for delivery in deliveries:
-            self.held[delivery.entry_id] = delivery
+            self.held[delivery.key] = delivery
         attempts = await self._persist("read attempts", lambda: self.queue.attempts(deliveries))
         last = self.settings.max_deliveries - 1
         half = max(1, self.config.max_items // 2)
@@ -258,8 +268,20 @@ class StageLoop:
 
     async def _put(self, batch: _Batch) -> None:
         for delivery in batch.deliveries:
-            self.held[delivery.entry_id] = delivery
+            self.held[delivery.key] = delivery
         await self._inbox.put(batch)
+
+    async def _refreshed(self, batch: _Batch) -> list[Delivery]:
+        """A batch of new entries that waited for the model: refreshed with the entries of
+        higher lanes that came meanwhile (BatchFormer.refresh). Best effort: if Redis does not
+        answer, the batch runs as it was formed."""
+        if batch.read_at is None or time.monotonic() - batch.read_at < REFRESH_AFTER_S:
+            return batch.deliveries
+        try:
+            return await self.former.refresh(self.queue, batch.deliveries)
+        except (*REDIS_DOWN, *REDIS_FULL) as exc:
+            self._io_log.failed(exc)
+            return batch.deliveries
 
     async def _put_recovered(self, batch: _Batch) -> None:
         """Hand over a batch of recovered entries; for suspects, read nothing more until it
@@ -467,7 +489,7 @@ class StageLoop:
         # on this consumer and the fence makes the retry a no-op.
         done = await self._persist("hand off", lambda: self.queue.finish(outcomes))
         for outcome, ok in zip(outcomes, done, strict=True):
-            self.held.pop(outcome.delivery.entry_id, None)
+            self.held.pop(outcome.delivery.key, None)
             if not ok:
                 log.info(
                     "stage %s: entry %s was claimed by another worker; its result is theirs",

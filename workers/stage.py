@@ -78,6 +78,7 @@ class Stage:
             batch_size_fn=config.cost_name,
             max_latency_ms=config.max_latency_ms,
             max_batch_items=config.max_batch_items if config.batch_size_fn else None,
+            lane_weights=config.lane_weights,
         )
 
     def load(self, device: str) -> BatchedHandler[Any]:

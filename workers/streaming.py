@@ -208,15 +208,15 @@ class StreamingLoop(StageLoop):
         steps = [
             self._emitted(r, output, elapsed) for r, output in zip(running, outputs, strict=True)
         ]
-        partitions = [r.item.delivery.partition for r in running]
-        answers = await self._persist("emit", lambda: self.writer.emit(partitions, steps))
+        streams = [(r.item.delivery.partition, r.item.delivery.lane) for r in running]
+        answers = await self._persist("emit", lambda: self.writer.emit(streams, steps))
         suspects = bool(self._suspects)
         for r, step, answer in zip(running, steps, answers, strict=True):
             r.first = False
             if answer == "ok" and not step.end:
                 continue
             self.running.remove(r)
-            self.held.pop(r.item.delivery.entry_id, None)
+            self.held.pop(r.item.delivery.key, None)
             self._suspects.discard(r.item.delivery.entry_id)
             if answer == "ok":
                 self.processed += 1

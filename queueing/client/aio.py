@@ -25,6 +25,7 @@ from queueing.cluster import node_connection_async
 from queueing.connection import REDIS_DOWN, broker_errors, connect_async
 from queueing.errors import BatchlineError, JobError, ResultTimeout, UnknownJob
 from queueing.jobs import JobRecord, JobStatus, Snapshot, job_error
+from queueing.lanes import check_lane
 from queueing.message import decode_result
 from queueing.registry import PipelineSpec, lookup, parse_registry
 from queueing.scripts import CANCEL, ORPHAN, SUBMIT, WATCH, SubmitCall
@@ -204,13 +205,16 @@ class AsyncClient:
         owner: str | None = None,
         result_ttl_s: float | None = None,
         webhook: str | None = None,
+        priority: str | None = None,
     ) -> AsyncJob:
         """Enqueue one input. ``timeout_s`` (from now) or ``deadline`` (unix seconds) bound
         when a worker may still start it; ``idempotency_key`` makes retries return the same
         job (the same key with another input raises IdempotencyConflict); ``result_ttl_s``
         is how long the job is kept once it has ended (default: BATCHLINE_RESULT_TTL_S);
         ``webhook``: an http(s) URL the job's document is POSTed to, signed, when it ends
-        (see :mod:`queueing.webhooks`: it needs ``batchline notifier`` and an rq worker)."""
+        (see :mod:`queueing.webhooks`: it needs ``batchline notifier`` and an rq worker);
+        ``priority``: ``"high"``, ``"normal"`` (default) or ``"low"``, the lane the job
+        waits in at every stage (see :mod:`queueing.lanes`; ValueError for another)."""
         jobs = await self.submit_many(
             pipeline,
             [input],
@@ -220,6 +224,7 @@ class AsyncClient:
             owner=owner,
             result_ttl_s=result_ttl_s,
             webhook=webhook,
+            priority=priority,
         )
         return jobs[0]
 
@@ -234,9 +239,11 @@ class AsyncClient:
         owner: str | None = None,
         result_ttl_s: float | None = None,
         webhook: str | None = None,
+        priority: str | None = None,
     ) -> list[AsyncJob]:
         """Enqueue several inputs in one round trip, each its own job; all or none (QueueFull)
-        within a partition (inputs without an idempotency key share one)."""
+        within a partition (inputs without an idempotency key share one). ``priority``: their
+        lane, as for :meth:`submit`."""
         await self.listener()  # subscribed before anything can finish
         plan = SubmitPlan(self.core)
         plan.add(
@@ -248,6 +255,7 @@ class AsyncClient:
             owner=owner,
             result_ttl_s=result_ttl_s,
             webhook=webhook,
+            priority=priority,
         )
         (ids,) = await self.send(plan)
         if isinstance(ids, Exception):
@@ -349,6 +357,7 @@ class AsyncClient:
         timeout_s: float | None = None,
         idempotency_key: str | None = None,
         result_ttl_s: float | None = None,
+        priority: str | None = None,
     ) -> AsyncIterator[StreamEvent]:
         """Submit one input and follow its streamed outputs: ``chunk`` events (``.value``), a
         ``restart`` if a worker died mid-stream and another runs the job again (drop the
@@ -361,6 +370,7 @@ class AsyncClient:
             timeout_s=timeout_s,
             idempotency_key=idempotency_key,
             result_ttl_s=result_ttl_s,
+            priority=priority,
         )
         async for event in self.events(job.id):  # noqa: RUF100, UP028 (sync twin)
             yield event
@@ -471,18 +481,21 @@ class AsyncClient:
         timeout_s: float | None = None,
         return_errors: bool = False,
         cancel_on_close: bool = False,
+        priority: str | None = None,
     ) -> AsyncIterator[Any]:
         """Submit every input, keeping at most ``max_in_flight`` unfinished, and yield the
         results in input order. A job that failed raises its JobError when its turn comes
         (``return_errors``: the JobError is yielded in its place, and the map goes on).
         ``cancel_on_close``: when the caller stops early (closes the iterator), the jobs still
-        in flight are cancelled rather than left to run.
+        in flight are cancelled rather than left to run. ``priority``: the jobs' lane, as for
+        :meth:`submit`.
 
         A restart of Redis shorter than ``retry_s`` only costs time: each input is still one
         job and yields one result, in order. A longer outage raises BrokerUnavailable; the
         jobs in flight then go on without a caller."""
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
+        check_lane(priority)
         listener = await self.listener()
         source = iter(inputs)
         in_flight: list[AsyncWaiter] = []
@@ -496,7 +509,9 @@ class AsyncClient:
                     chunk = list(itertools.islice(source, min(room, SUBMIT_CHUNK)))
                     exhausted = not chunk
                     if chunk:
-                        jobs = await self.submit_many(pipeline, chunk, timeout_s=timeout_s)
+                        jobs = await self.submit_many(
+                            pipeline, chunk, timeout_s=timeout_s, priority=priority
+                        )
                         in_flight += [listener.register(job.id) for job in jobs]
                         continue
                 if head == len(in_flight):

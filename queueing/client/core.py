@@ -34,6 +34,7 @@ from queueing.errors import (
 )
 from queueing.jobs import JobStatus, Snapshot
 from queueing.keys import Keys, is_job_id, new_job_id, partition_of
+from queueing.lanes import DEFAULT_LANE, check_lane
 from queueing.message import JSON, encode_payload
 from queueing.registry import PipelineSpec
 from queueing.scripts import Call, NewJob, SubmitCall, cancel_call, orphan_call, watch_call
@@ -61,7 +62,7 @@ class SubmitPlan:
     def __init__(self, core: Core) -> None:
         self.core = core
         self.calls: list[SubmitCall] = []
-        self._index: dict[tuple[str, int, str, str], int] = {}
+        self._index: dict[tuple[str, int, str, str, str], int] = {}
         self._requests: list[_Request] = []
         self._specs: list[PipelineSpec] = []
 
@@ -76,13 +77,16 @@ class SubmitPlan:
         owner: str | None = None,
         result_ttl_s: float | None = None,
         webhook: str | None = None,
+        priority: str | None = None,
     ) -> int:
         """Plan one request; returns its number (for :meth:`results`). ``result_ttl_s``: how
         long its jobs are kept once ended (default: the ``result_ttl_s`` setting); ``webhook``:
-        a URL each job's document is POSTed to when it ends (:mod:`queueing.webhooks`).
+        a URL each job's document is POSTed to when it ends (:mod:`queueing.webhooks`);
+        ``priority``: its jobs' lane (:mod:`queueing.lanes`; default ``normal``).
         ValueError for a bad argument (too many inputs, a timeout or ttl <= 0, keys that do
-        not match the inputs, a webhook that is not an http(s) URL)."""
+        not match the inputs, a webhook that is not an http(s) URL, an unknown priority)."""
         core = self.core
+        lane = check_lane(priority)
         if webhook is not None:
             webhook = check_url(webhook)
         if len(inputs) > MAX_SUBMIT_MANY:
@@ -132,7 +136,7 @@ class SubmitPlan:
         groups: dict[int, tuple[int, int, list[NewJob]]] = {}
         for partition, job in placed:
             if partition not in groups:
-                call_index = self._call(spec, partition, owner or "", webhook or "")
+                call_index = self._call(spec, partition, owner or "", webhook or "", lane)
                 in_call = self.calls[call_index].groups
                 in_call.append([])
                 groups[partition] = (call_index, len(in_call) - 1, in_call[-1])
@@ -143,8 +147,15 @@ class SubmitPlan:
         self._specs.append(spec)
         return len(self._requests) - 1
 
-    def _call(self, spec: PipelineSpec, partition: int, owner: str, webhook: str = "") -> int:
-        key = (spec.name, partition, owner, webhook)
+    def _call(
+        self,
+        spec: PipelineSpec,
+        partition: int,
+        owner: str,
+        webhook: str = "",
+        lane: str = DEFAULT_LANE,
+    ) -> int:
+        key = (spec.name, partition, owner, webhook, lane)
         index = self._index.get(key)
         if index is None:
             core = self.core
@@ -152,7 +163,7 @@ class SubmitPlan:
             index = self._index[key] = len(self.calls)
             self.calls.append(
                 SubmitCall(
-                    stream=core.keys.stream(partition, spec.entry.name),
+                    stream=core.keys.stream(partition, spec.entry.name, lane),
                     pipeline=spec.name,
                     stage=spec.entry.name,
                     now=repr(time.time()),
@@ -163,6 +174,7 @@ class SubmitPlan:
                     owner=owner,
                     webhook=webhook,
                     pending=core.keys.webhooks_pending(partition) if webhook else "",
+                    lane="" if lane == DEFAULT_LANE else lane,
                 )
             )
         return index
@@ -199,7 +211,9 @@ class SubmitPlan:
                     spec = self._specs[number]
                     settings = self.core.settings
                     limit = spec.max_backlog or settings.max_backlog
-                    error = QueueFull(spec.name, int(answer[1]) * settings.partitions, limit)
+                    lane = self.calls[call_index].lane or DEFAULT_LANE
+                    backlog = int(answer[1]) * settings.partitions
+                    error = QueueFull(spec.name, backlog, limit, lane=lane)
                     break
                 ids.append(
                     (answer[2 + 2 * position].decode(), answer[1 + 2 * position] == b"queued")
@@ -294,7 +308,7 @@ class Core:
         job_id = snapshot.job_id
         return orphan_call(
             self.keys.job(job_id),
-            self.keys.stream(partition_of(job_id), snapshot.stage),
+            self.keys.stream(partition_of(job_id), snapshot.stage, snapshot.lane),
             job_id,
             repr(time.time()),
             int(self.settings.result_ttl_s),

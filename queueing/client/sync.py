@@ -24,6 +24,7 @@ from queueing.cluster import node_connection
 from queueing.connection import REDIS_DOWN, broker_errors, connect
 from queueing.errors import BatchlineError, JobError, ResultTimeout, UnknownJob
 from queueing.jobs import JobRecord, JobStatus, Snapshot, job_error
+from queueing.lanes import check_lane
 from queueing.message import decode_result
 from queueing.registry import PipelineSpec, lookup, parse_registry
 from queueing.scripts import CANCEL, ORPHAN, SUBMIT, WATCH, SubmitCall
@@ -203,13 +204,16 @@ class Client:
         owner: str | None = None,
         result_ttl_s: float | None = None,
         webhook: str | None = None,
+        priority: str | None = None,
     ) -> Job:
         """Enqueue one input. ``timeout_s`` (from now) or ``deadline`` (unix seconds) bound
         when a worker may still start it; ``idempotency_key`` makes retries return the same
         job (the same key with another input raises IdempotencyConflict); ``result_ttl_s``
         is how long the job is kept once it has ended (default: BATCHLINE_RESULT_TTL_S);
         ``webhook``: an http(s) URL the job's document is POSTed to, signed, when it ends
-        (see :mod:`queueing.webhooks`: it needs ``batchline notifier`` and an rq worker)."""
+        (see :mod:`queueing.webhooks`: it needs ``batchline notifier`` and an rq worker);
+        ``priority``: ``"high"``, ``"normal"`` (default) or ``"low"``, the lane the job
+        waits in at every stage (see :mod:`queueing.lanes`; ValueError for another)."""
         jobs = self.submit_many(
             pipeline,
             [input],
@@ -219,6 +223,7 @@ class Client:
             owner=owner,
             result_ttl_s=result_ttl_s,
             webhook=webhook,
+            priority=priority,
         )
         return jobs[0]
 
@@ -233,9 +238,11 @@ class Client:
         owner: str | None = None,
         result_ttl_s: float | None = None,
         webhook: str | None = None,
+        priority: str | None = None,
     ) -> list[Job]:
         """Enqueue several inputs in one round trip, each its own job; all or none (QueueFull)
-        within a partition (inputs without an idempotency key share one)."""
+        within a partition (inputs without an idempotency key share one). ``priority``: their
+        lane, as for :meth:`submit`."""
         self.listener()  # subscribed before anything can finish
         plan = SubmitPlan(self.core)
         plan.add(
@@ -247,6 +254,7 @@ class Client:
             owner=owner,
             result_ttl_s=result_ttl_s,
             webhook=webhook,
+            priority=priority,
         )
         (ids,) = self.send(plan)
         if isinstance(ids, Exception):
@@ -348,6 +356,7 @@ class Client:
         timeout_s: float | None = None,
         idempotency_key: str | None = None,
         result_ttl_s: float | None = None,
+        priority: str | None = None,
     ) -> Iterator[StreamEvent]:
         """Submit one input and follow its streamed outputs: ``chunk`` events (``.value``), a
         ``restart`` if a worker died mid-stream and another runs the job again (drop the
@@ -360,6 +369,7 @@ class Client:
             timeout_s=timeout_s,
             idempotency_key=idempotency_key,
             result_ttl_s=result_ttl_s,
+            priority=priority,
         )
         for event in self.events(job.id):  # noqa: RUF100, UP028 (sync twin)
             yield event
@@ -470,18 +480,21 @@ class Client:
         timeout_s: float | None = None,
         return_errors: bool = False,
         cancel_on_close: bool = False,
+        priority: str | None = None,
     ) -> Iterator[Any]:
         """Submit every input, keeping at most ``max_in_flight`` unfinished, and yield the
         results in input order. A job that failed raises its JobError when its turn comes
         (``return_errors``: the JobError is yielded in its place, and the map goes on).
         ``cancel_on_close``: when the caller stops early (closes the iterator), the jobs still
-        in flight are cancelled rather than left to run.
+        in flight are cancelled rather than left to run. ``priority``: the jobs' lane, as for
+        :meth:`submit`.
 
         A restart of Redis shorter than ``retry_s`` only costs time: each input is still one
         job and yields one result, in order. A longer outage raises BrokerUnavailable; the
         jobs in flight then go on without a caller."""
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
+        check_lane(priority)
         listener = self.listener()
         source = iter(inputs)
         in_flight: list[Waiter] = []
@@ -495,7 +508,9 @@ class Client:
                     chunk = list(itertools.islice(source, min(room, SUBMIT_CHUNK)))
                     exhausted = not chunk
                     if chunk:
-                        jobs = self.submit_many(pipeline, chunk, timeout_s=timeout_s)
+                        jobs = self.submit_many(
+                            pipeline, chunk, timeout_s=timeout_s, priority=priority
+                        )
                         in_flight += [listener.register(job.id) for job in jobs]
                         continue
                 if head == len(in_flight):

@@ -4,7 +4,7 @@
 -- KEYS: the first stage's stream, then each job's key, then each idempotency key used, then
 --   (only with a webhook) the partition's set of jobs whose webhook is pending
 -- ARGV: pipeline, stage, now, max_backlog, idem_ttl, reply channel, owner, retry, webhook ('' none),
---   then per group:
+--   lane ('' normal: the stream is that lane's; the record keeps it), then per group:
 --   n jobs, keyed (1 if any job of the group has an idempotency key, else 0), then per job:
 --   job id, idempotency key slot in KEYS (0: none), fingerprint, deadline ('' none),
 --   fmt ('' json), data, result ttl ('' the default: FINISH's)
@@ -18,7 +18,7 @@
 local stream = KEYS[1]
 local pipeline, stage, now, max_backlog = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local idem_ttl, reply, owner, retry = ARGV[5], ARGV[6], ARGV[7], ARGV[8] == '1'
-local webhook = ARGV[9]
+local webhook, lane = ARGV[9], ARGV[10]
 local JOB_ARGS = 7
 
 -- The job an idempotency key names, and the fingerprint of its input.
@@ -40,7 +40,7 @@ local function queue(slot, at)
   local id, deadline, fmt, data, ttl = ARGV[at], ARGV[at + 3], ARGV[at + 4], ARGV[at + 5],
     ARGV[at + 6]
   local entry = add_entry(stream, id, data, now, deadline, fmt)
-  if deadline == '' and owner == '' and ttl == '' and webhook == '' then  -- (the usual record)
+  if deadline == '' and owner == '' and ttl == '' and webhook == '' and lane == '' then  -- (usual)
     redis.call('HSET', KEYS[slot], 'status', 'queued', 'pipeline', pipeline, 'stage', stage,
       'created_at', now, 'reply', reply, 'entry', entry)
   else
@@ -49,6 +49,7 @@ local function queue(slot, at)
     if deadline ~= '' then record[#record + 1] = 'deadline'; record[#record + 1] = deadline end
     if owner ~= '' then record[#record + 1] = 'owner'; record[#record + 1] = owner end
     if ttl ~= '' then record[#record + 1] = 'ttl'; record[#record + 1] = ttl end
+    if lane ~= '' then record[#record + 1] = 'lane'; record[#record + 1] = lane end
     if webhook ~= '' then
       record[#record + 1] = 'webhook'; record[#record + 1] = webhook
       -- (the notifier delivers it once the job has ended; its reply lists the notifier's channel)
@@ -61,7 +62,7 @@ end
 
 local backlog = redis.call('XLEN', stream)
 local answers = {}
-local slot, at = 1, 10  -- the KEYS slot of the last job's key; the next group's first ARGV
+local slot, at = 1, 11  -- the KEYS slot of the last job's key; the next group's first ARGV
 while at <= #ARGV do
   local n, keyed = tonumber(ARGV[at]), ARGV[at + 1] == '1'
   local first, first_slot = at + 2, slot + 1

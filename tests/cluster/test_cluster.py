@@ -112,6 +112,29 @@ def test_keyless_and_idempotent_batch_submits_span_the_masters(
         assert list(client.map("echo", range(200))) == list(range(200))
 
 
+def test_jobs_of_every_lane_run_on_every_master(
+    cluster_settings: Settings, example_workers: subprocess.Popen[bytes]
+) -> None:
+    """A partition's lanes share its slot: one read takes all three on its master, and a
+    composed pipeline hands each job on in its lane."""
+    with Client(cluster_settings) as client:
+        keys = [f"lane-{i}" for i in range(12)]
+        by_lane = {
+            lane: client.submit_many("echo", list(range(12)), idempotency_keys=keys, priority=lane)
+            for lane in ("high", "low")
+        }
+        # (the same keys in another lane: the same jobs, as an idempotency key means)
+        assert [j.id for j in by_lane["low"]] == [j.id for j in by_lane["high"]]
+        assert len({partition_of(job.id) for job in by_lane["high"]}) > 1
+        assert [job.result(timeout=60) for job in by_lane["high"]] == list(range(12))
+        spec = client.pipelines()["chain"]
+        chained = [client.submit("chain", spec.example, priority="low") for _ in range(PARTITIONS)]
+        assert {partition_of(job.id) for job in chained} == set(range(PARTITIONS))
+        results = [job.result(timeout=60) for job in chained]
+        assert all(_same(result, results[0]) for result in results)
+        assert list(client.map("echo", range(100), priority="high")) == list(range(100))
+
+
 def test_the_rq_side_says_it_needs_a_standalone_server(cluster_settings: Settings) -> None:
     with pytest.raises(ConfigError, match="standalone Redis"):
         rq_connection(cluster_settings)

@@ -47,7 +47,7 @@ def test_a_repeated_step_writes_nothing_twice_and_the_end_once(
             end = step(writer, delivery, end="done", value=b'["a","b"]', timing=b"")
             answers = []
             for emitted in (first, first, second, second, end, end):  # each reply "lost" once
-                answers.append(await writer.emit([0], [emitted]))
+                answers.append(await writer.emit([(0, "normal")], [emitted]))
             return answers
 
     answers = run(scenario())
@@ -75,16 +75,16 @@ def test_a_claimed_entry_is_fenced_and_its_rerun_restarts_the_stream_once(
             [delivery] = await read_all(stalled, 1)
             await stalled.start([(delivery, job_id)])
             old = ChunkWriter(stalled.redis, settings, STAGE, "stalled")
-            await old.emit([0], [step(old, delivery, first=True, seq=0, data=b'"x"')])
+            await old.emit([(0, "normal")], [step(old, delivery, first=True, seq=0, data=b'"x"')])
             await rescuer.redis.xclaim(
                 KEYS.stream(0, STAGE), STAGE, "rescuer", 0, [delivery.entry_id]
             )
-            fenced = await old.emit([0], [step(old, delivery, seq=1, data=b'"y"')])
+            fenced = await old.emit([(0, "normal")], [step(old, delivery, seq=1, data=b'"y"')])
             await rescuer.start([(delivery, job_id)])  # attempt 2
             new = ChunkWriter(rescuer.redis, settings, STAGE, "rescuer")
             rerun = step(new, delivery, first=True, seq=0, data=b'"x"')
-            again = await new.emit([0], [rerun])
-            repeated = await new.emit([0], [rerun])
+            again = await new.emit([(0, "normal")], [rerun])
+            repeated = await new.emit([(0, "normal")], [rerun])
             return fenced, again, repeated
 
     fenced, again, repeated = run(scenario())
@@ -117,10 +117,12 @@ def test_a_job_cancelled_mid_stream_is_stopped_acked_and_its_stream_ended(
             [delivery] = await read_all(queue, 1)
             await queue.start([(delivery, job_id)])
             writer = ChunkWriter(queue.redis, settings, STAGE, queue.consumer)
-            await writer.emit([0], [step(writer, delivery, first=True, seq=0, data=b"1")])
+            await writer.emit(
+                [(0, "normal")], [step(writer, delivery, first=True, seq=0, data=b"1")]
+            )
             async with AsyncClient(settings) as client:
                 await client.cancel(job_id)
-            return await writer.emit([0], [step(writer, delivery, seq=1, data=b"2")])
+            return await writer.emit([(0, "normal")], [step(writer, delivery, seq=1, data=b"2")])
 
     assert run(scenario()) == ["cancelled"]
     fields = entries(redis_client, job_id)

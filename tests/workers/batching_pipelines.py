@@ -59,3 +59,19 @@ class AutoModel:
 
 
 t_auto = Pipeline("t_auto", stage(AutoModel, name="model"), example={"x": 1})
+
+
+class PriorityModel:
+    """Batches of up to 9 (with lane weights 8/4/1: 8 high and 1 low when both wait), no
+    wait; sleeps the longest ``sleep`` of its batch."""
+
+    @batch(max_batch_size=9, batch_wait_timeout_s=0)
+    def predict(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        record("t_prio.model", items)
+        delay = max((float(item.get("sleep", 0)) for item in items), default=0.0)
+        if delay:
+            time.sleep(delay)
+        return [{"x": item["x"]} for item in items]
+
+
+t_prio = Pipeline("t_prio", stage(PriorityModel, name="model"), example={"x": 1})

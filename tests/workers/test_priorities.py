@@ -1,0 +1,177 @@
+"""Priority lanes through real worker processes: a high job overtakes a low backlog, the low
+lane keeps its weighted share under a high flood, a job keeps its lane from stage to stage, a
+killed worker's high-lane entries are claimed and end once, and lane weights change live.
+
+Orders, not times: what the model saw (``test:seen:<stage>``, in order) says which ran first."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import redis
+
+from queueing.client import Client
+from queueing.jobs import JobStatus
+from queueing.settings import Settings
+from tests.conftest import ROOT, worker_env
+from tests.pipelines import t_chain
+from tests.support import Workers
+from tests.workers.batching_pipelines import t_prio
+from tests.workers.support import (
+    KEYS,
+    assert_drained,
+    register,
+    seen,
+    stat,
+    wait_exit,
+    wait_finished,
+    wait_until,
+)
+
+STAGE = "t_prio.model"
+PIPELINES = ("tests.workers.batching_pipelines",)
+LOW = 1000
+"""Low-lane items' ``x`` start here (high ones' at 0)."""
+
+
+def _lane_backlog(r: redis.Redis, stage: str, lane: str) -> tuple[int, int]:
+    stream = KEYS.stream(0, stage, lane)
+    if not r.exists(stream):
+        return 0, 0
+    return int(r.xlen(stream)), int(r.xpending(stream, stage)["pending"])
+
+
+def _assert_lanes_drained(r: redis.Redis, stages: list[str]) -> None:
+    assert_drained(r, stages)
+    for stage in stages:
+        for lane in ("high", "low"):
+            assert _lane_backlog(r, stage, lane) == (0, 0), f"{stage} {lane} after the run"
+
+
+def test_a_high_job_overtakes_a_low_backlog(
+    settings: Settings, client: Client, workers: Workers, redis_client: redis.Redis
+) -> None:
+    """90 low jobs (ten batches of 9, 50 ms each) wait; once the first batch runs, a high job
+    comes: it runs in one of the next batches, not after the backlog."""
+    settings = settings.replace(pipelines=PIPELINES)
+    register(settings, t_prio)
+    low = client.submit_many(
+        "t_prio", [{"x": LOW + i, "sleep": 0.05} for i in range(90)], priority="low"
+    )
+    workers.start(STAGE, settings=settings)
+    wait_until(lambda: seen(redis_client, STAGE), 20, "the first batch never ran")
+    high = client.submit("t_prio", {"x": 0}, priority="high")
+    assert high.result(timeout=30) == {"x": 0}
+    assert [r.status for r in wait_finished(low, 30)] == [JobStatus.DONE] * 90
+    order = seen(redis_client, STAGE)
+    assert sorted(order) == [0, *range(LOW, LOW + 90)], "each job ran once"
+    # (it came during the first batch: the batch in hand, the one read ahead, then its own)
+    assert order.index(0) < 4 * 9, f"the high job ran after {order.index(0)} low ones"
+    assert stat(redis_client, STAGE, "done") == 91
+    _assert_lanes_drained(redis_client, [STAGE])
+
+
+def test_the_low_lane_keeps_its_share_under_a_high_flood(
+    settings: Settings, client: Client, workers: Workers, redis_client: redis.Redis
+) -> None:
+    """180 high and 30 low jobs wait; with weights 8/4/1 and batches of 9, each batch takes 8
+    high and 1 low while both wait: the low lane is not starved, the high one goes first."""
+    settings = settings.replace(pipelines=PIPELINES)
+    register(settings, t_prio)
+    high = client.submit_many("t_prio", [{"x": i} for i in range(180)], priority="high")
+    low = client.submit_many("t_prio", [{"x": LOW + i} for i in range(30)], priority="low")
+    assert wait_exit(workers.start(STAGE, burst=True, settings=settings), 60) == 0
+    records = wait_finished(high + low, 10)
+    assert [r.status for r in records] == [JobStatus.DONE] * 210
+    order = seen(redis_client, STAGE)
+    assert sorted(order) == [*range(180), *range(LOW, LOW + 30)], "each job ran once"
+    lows_early = sum(x >= LOW for x in order[:90])
+    # 1 in 9 by the weights: 10 of the first 90 (the bound, not FIFO: 0; no priority: 30).
+    assert 5 <= lows_early <= 20, f"{lows_early} low jobs among the first 90 run"
+    last_high = max(i for i, x in enumerate(order) if x < LOW)
+    last_low = max(i for i, x in enumerate(order) if x >= LOW)
+    assert last_high < last_low, "the high lane drained first"
+    _assert_lanes_drained(redis_client, [STAGE])
+
+
+def test_a_job_keeps_its_lane_from_stage_to_stage(
+    settings: Settings, client: Client, workers: Workers, redis_client: redis.Redis
+) -> None:
+    register(settings, t_chain)
+    jobs = client.submit_many("t_chain", [{"x": i} for i in range(5)], priority="high")
+    assert _lane_backlog(redis_client, "t_chain.first", "high")[0] == 5
+    assert wait_exit(workers.start("t_chain.first", burst=True), 30) == 0
+    # The first stage handed them on to the second stage's high lane (its normal one is empty).
+    assert _lane_backlog(redis_client, "t_chain.second", "high") == (5, 0)
+    assert redis_client.xlen(KEYS.stream(0, "t_chain.second")) == 0
+    assert wait_exit(workers.start("t_chain.second", burst=True), 30) == 0
+    records = wait_finished(jobs, 10)
+    assert [r.result for r in records] == [(i + 1) * 10 for i in range(5)]
+    _assert_lanes_drained(redis_client, ["t_chain.first", "t_chain.second"])
+
+
+def test_a_killed_workers_high_lane_entries_are_claimed_and_end_once(
+    settings: Settings, client: Client, workers: Workers, redis_client: redis.Redis
+) -> None:
+    settings = settings.replace(pipelines=PIPELINES)
+    register(settings, t_prio)
+    n = 12  # a batch of 9 in the model, 3 more read ahead
+    jobs = client.submit_many("t_prio", [{"x": i, "sleep": 1.0} for i in range(n)], priority="high")
+    first = workers.start(STAGE, settings=settings)
+    wait_until(lambda: seen(redis_client, STAGE), 20, "the first worker never started a batch")
+    first.kill()  # SIGKILL while the model holds a batch of high-lane entries
+    assert first.wait(10) == -signal.SIGKILL
+    assert _lane_backlog(redis_client, STAGE, "high")[1] > 0, "it held no high-lane entry"
+
+    workers.start(STAGE, settings=settings)
+    records = wait_finished(jobs, 30)
+    assert [r.status for r in records] == [JobStatus.DONE] * n
+    assert sorted(set(seen(redis_client, STAGE))) == list(range(n))
+    assert stat(redis_client, STAGE, "done") == n, "a result was published more than once"
+    assert stat(redis_client, STAGE, "redelivered") >= 9
+    _assert_lanes_drained(redis_client, [STAGE])
+
+
+def _config(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "batchline", "config", *args],
+        env=worker_env(settings),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_running_worker_applies_new_lane_weights(
+    settings: Settings, client: Client, workers: Workers, redis_client: redis.Redis
+) -> None:
+    """Weights 1/1/8 favour the low lane: once the running worker has them, low jobs queued
+    behind a busy batch take most of the next batches (with 8/4/1, high ones would)."""
+    settings = settings.replace(pipelines=PIPELINES)
+    register(settings, t_prio)
+    workers.start(STAGE, settings=settings)
+    done = _config(settings, "set", STAGE, "lane_weights=1,1,8")
+    assert done.returncode == 0, done.stderr
+    assert "lane_weights:         1,1,8" in done.stdout
+    [spec] = client.pipelines()["t_prio"].stages
+    assert spec.lane_weights == (1, 1, 8)
+    assert _config(settings, "set", STAGE, "lane_weights=1,0,8").returncode != 0
+
+    rounds = iter(range(100))
+
+    def low_lane_favoured() -> bool:
+        base = next(rounds) * 10_000
+        blocker = client.submit("t_prio", {"x": base + 5000, "sleep": 0.3}, priority="high")
+        wait_until(lambda: base + 5000 in seen(redis_client, STAGE), 20, "the blocker ran")
+        low = client.submit_many(
+            "t_prio", [{"x": base + LOW + i} for i in range(36)], priority="low"
+        )
+        high = client.submit_many("t_prio", [{"x": base + i} for i in range(36)], priority="high")
+        wait_finished([blocker, *low, *high], 30)
+        order = [x for x in seen(redis_client, STAGE) if base <= x < base + 5000]
+        return sum(x >= base + LOW for x in order[:27]) > 18
+
+    wait_until(low_lane_favoured, 20, "the running worker to favour the low lane")
