@@ -276,3 +276,20 @@ def test_a_streaming_last_stage_streams_what_the_stage_before_it_handed_on(
     workers.start("t_pre", settings=stream_settings)
     with Client(stream_settings) as client:
         assert [e.value for e in client.stream("t_pre", {"x": 4, "n": 2})] == chunks(4, 4)
+
+
+@pytest.mark.parametrize("pipeline", ["t_gen", "t_cont"])
+def test_streams_of_every_priority_lane_are_written_and_ended(
+    pipeline: str, stream_settings: Settings, workers: Workers
+) -> None:
+    """A step is fenced and acked on the stream its entry was read from: its lane's."""
+    register(stream_settings, t_gen if pipeline == "t_gen" else t_cont)
+    with Client(stream_settings) as client:
+        jobs = {
+            lane: client.submit(pipeline, {"x": x, "n": 3}, priority=lane)
+            for x, lane in enumerate(("high", "normal", "low"))
+        }
+        workers.start(f"{pipeline}.model", burst=True, settings=stream_settings)
+        for x, job in enumerate(jobs.values()):
+            assert job.result(timeout=30) == chunks(3, x)
+            assert [e.value for e in client.events(job.id)] == chunks(3, x)
