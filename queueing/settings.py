@@ -37,14 +37,6 @@ class Settings:
     """A consumer silent for this long loses its in-flight entries to a live worker."""
     max_deliveries: int = 3
     """An entry delivered this many times without finishing goes to the dead-letter stream."""
-    sandbox: bool = True
-    """Run suspects (entries a crashed worker had started) in a forked child of the worker, so
-    that an input that crashes the process crashes the worker once, not ``max_deliveries``
-    times: it is dead-lettered when it crashes the child alone (see :mod:`workers.sandbox`)."""
-    sandbox_timeout_s: float = 60.0
-    """Longest a sandbox child may take over one group of suspects (a batch, or a part of one
-    being bisected); past it, it is killed and the group bisected like one that crashed (an
-    input that hangs is dead-lettered, after a few of these)."""
     max_backlog: int = 100_000
     """Default limit of a pipeline's first-stage backlog; submits past it raise QueueFull."""
     durable_submit: bool = False
@@ -123,7 +115,6 @@ class Settings:
             ("sync_result_ttl_s", 1 <= self.sync_result_ttl_s < 1e9),
             ("visibility_timeout_s", 0 < self.visibility_timeout_s < 1e6),
             ("max_deliveries", self.max_deliveries >= 1),
-            ("sandbox_timeout_s", 0 < self.sandbox_timeout_s < 1e6),
             ("max_backlog", self.max_backlog >= 1),
             ("block_ms", 1 <= self.block_ms <= 60_000),
             ("max_body_bytes", self.max_body_bytes >= 1),

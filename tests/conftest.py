@@ -82,8 +82,6 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
             "BATCHLINE_BLOCK_MS": str(settings.block_ms),
             "BATCHLINE_PIPELINES": ",".join(settings.pipelines),
             "BATCHLINE_MAX_DELIVERIES": str(settings.max_deliveries),
-            "BATCHLINE_SANDBOX": "1" if settings.sandbox else "0",
-            "BATCHLINE_SANDBOX_TIMEOUT_S": str(settings.sandbox_timeout_s),
             "BATCHLINE_PARTITIONS": str(settings.partitions),
             "PYTHONPATH": str(ROOT),
         }

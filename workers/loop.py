@@ -17,7 +17,6 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -41,7 +40,6 @@ from queueing.tasks import cancel_and_wait
 from workers.batching import BatchConfig, BatchContractError, BatchedHandler
 from workers.device import limit_torch_threads, torch_threads
 from workers.forming import BatchFormer
-from workers.sandbox import Crashed, Sandbox, unavailable
 from workers.stage import Route, Stage
 
 log = logging.getLogger(__name__)
@@ -56,8 +54,6 @@ worker holds is orphaned again if it crashes: it claims no more than it will soo
 OWN_PENDING_LIMIT = 100_000
 """Most entries re-read at start-up from a previous life under the same consumer name."""
 
-_IN_SANDBOX: ContextVar[bool] = ContextVar("in_sandbox", default=False)
-"""Set while a batch of suspects runs: its model calls go to the sandbox."""
 REFRESH_AFTER_S = 0.005
 """A batch read this long before the model takes it is refreshed first: entries of higher
 priority lanes that came meanwhile take their share of it (see BatchFormer.refresh). (A batch
@@ -128,8 +124,6 @@ class StageLoop:
         keep reading new entries meanwhile.)"""
         self._suspects_ran = asyncio.Event()
         """Set once the batch of suspects in hand has run (the read loop waits for it)."""
-        self.sandbox = self._sandbox(settings)
-        """Where suspects run (None: in the worker, in batches that a crash bisects)."""
         self._beat_log = OutageLog(log, f"stage {stage.name}: heartbeat")
         self._io_log = OutageLog(log, f"stage {stage.name}: redis")
         self.activity = StageRecorder(stage.name)
@@ -168,8 +162,7 @@ class StageLoop:
                 # A crash now must not take the previous batch's hand-off with it.
                 await finishing
                 finishing = None
-            process = self._process_suspects if batch.suspect else self.process
-            outcomes = await process(await self._refreshed(batch))
+            outcomes = await self.process(await self._refreshed(batch))
             if batch.suspect:
                 # Nor a crash in the next batch this one's: an entry that has used its
                 # last attempt would be dead-lettered though it ran.
@@ -231,9 +224,6 @@ class StageLoop:
         - on its last attempt: alone, so that a crash counts against it alone;
         - out of attempts: in a batch (START dead-letters them before the model runs).
 
-        With a sandbox (:mod:`workers.sandbox`), started entries with attempts left run there
-        in full batches instead: a crash there costs no attempt and the sandbox bisects.
-
         A crash re-orphans what was queued here without counting an attempt, so entries
         recovered again keep their place in this order. They are held (touched by heartbeats)
         from now on."""
@@ -242,16 +232,13 @@ class StageLoop:
         attempts = await self._persist("read attempts", lambda: self.queue.attempts(deliveries))
         last = self.settings.max_deliveries - 1
         half = max(1, self.config.max_items // 2)
-        # In a sandbox, a suspect that crashes costs neither an attempt nor the worker: suspects
-        # run in full batches there (the sandbox bisects them).
-        sandboxed = self.sandbox is not None and self.sandbox.usable()
         fresh: list[Delivery] = []
         split: list[Delivery] = []
         alone: list[Delivery] = []
         for delivery, started in zip(deliveries, attempts, strict=True):
             if started == 0 or started > last:
                 fresh.append(delivery)
-            elif started < last or sandboxed:
+            elif started < last:
                 split.append(delivery)
             else:
                 alone.append(delivery)
@@ -261,8 +248,7 @@ class StageLoop:
         # (within the count and cost bounds, as batches read new: see BatchFormer.cut)
         self._recovered.extend(_Batch(chunk) for chunk in self.former.cut(fresh))
         self._recovered.extend(
-            _Batch(chunk, suspect=True)
-            for chunk in self.former.cut(split, None if sandboxed else half)
+            _Batch(chunk, suspect=True) for chunk in self.former.cut(split, half)
         )
         self._recovered.extend(_Batch([delivery], suspect=True) for delivery in alone)
 
@@ -293,28 +279,6 @@ class StageLoop:
         self._suspects_ran.clear()
         await self._put(batch)
         await self._suspects_ran.wait()
-
-    def _sandbox(self, settings: Settings) -> Sandbox | None:
-        reason = (
-            unavailable(self.handler.is_async, self.handler.streaming is not None)
-            if settings.sandbox
-            else "BATCHLINE_SANDBOX=0"
-        )
-        if reason is not None:
-            log.info(
-                "stage %s: suspects run in the worker, not a sandbox: %s", self.stage.name, reason
-            )
-            return None
-        run = functools.partial(_call_sync, self.handler)
-        return Sandbox(run, settings.sandbox_timeout_s, self.stage.name, self._executor)
-
-    async def _process_suspects(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
-        """:meth:`process` for a batch of suspects: in the sandbox, where there is one."""
-        token = _IN_SANDBOX.set(self.sandbox is not None and self.sandbox.usable())
-        try:
-            return await self.process(deliveries)
-        finally:
-            _IN_SANDBOX.reset(token)
 
     async def read_batch(self, *, block: bool = True) -> list[Delivery]:
         """Whatever is waiting, at once, up to max_batch_size (or its cost); when fewer wait,
@@ -414,8 +378,6 @@ class StageLoop:
         the job's result."""
         delivery, job_id = item.delivery, item.message.job_id
         deadline = item.message.deadline
-        if isinstance(output, Crashed):  # (alone in a sandbox: see workers.sandbox)
-            return Outcome(delivery, job_id, Kind.DEAD, str(output))
         if isinstance(output, BaseException):
             return Outcome(delivery, job_id, Kind.FAILED, _describe(output))
         targets: tuple[str, ...] = () if self.stage.routes else self.stage.next
@@ -456,8 +418,6 @@ class StageLoop:
 
     async def _run_isolating(self, values: list[Any]) -> list[Any]:
         """The handler's outputs; an item whose share of the batch raises gets the exception."""
-        if _IN_SANDBOX.get() and self.sandbox is not None:
-            return await self.sandbox.run_isolating(values)
         try:
             return await self._call(values)
         except BatchContractError as exc:

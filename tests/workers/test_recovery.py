@@ -166,7 +166,7 @@ def test_a_poison_entry_is_dead_lettered_and_the_others_complete(
     settings: Settings, client: Client, workers: Workers, redis_client: redis.Redis
 ) -> None:
     """t_single runs batches of one: the poison entry kills only its own deliveries."""
-    settings = settings.replace(max_deliveries=2, sandbox=False)  # (test_sandbox: with one)
+    settings = settings.replace(max_deliveries=2)
     stage = "t_single.model"
     register(settings, t_single)
     poison = 3
@@ -180,7 +180,7 @@ def test_a_poison_entry_does_not_take_its_batch_mates_down(
 ) -> None:
     """The poison entry shares a batch of 8 with innocent items. Each crash redelivers them
     all, but only the poison entry may end dead-lettered: the others must complete."""
-    settings = settings.replace(max_deliveries=2, sandbox=False)  # (test_sandbox: with one)
+    settings = settings.replace(max_deliveries=2)
     register(settings, t_batch)
     poison = 2
     jobs = client.submit_many("t_batch", [{"x": i, "kill": i == poison} for i in range(5)])

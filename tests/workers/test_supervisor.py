@@ -27,8 +27,7 @@ STAGE = "t_batch.model"
 def test_the_supervisor_replaces_a_crashed_worker_which_rereads_its_entries_at_once(
     settings: Settings, client: Client, redis_client: redis.Redis
 ) -> None:
-    # (suspects run in the worker here, as without a sandbox: see test_sandbox for one)
-    settings = settings.replace(visibility_timeout_s=60.0, max_deliveries=2, sandbox=False)
+    settings = settings.replace(visibility_timeout_s=60.0, max_deliveries=2)
     register(settings, t_batch)
     poison = 2
     jobs = client.submit_many("t_batch", [{"x": i, "kill": i == poison} for i in range(7)])
