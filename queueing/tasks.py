@@ -16,11 +16,15 @@ ASK_EVERY_S = 0.5
 """How long to wait for a cancelled task to end before asking it again."""
 
 
-async def cancel_and_wait(task: asyncio.Future[Any]) -> None:
-    """Cancel ``task`` (again, every :data:`ASK_EVERY_S`, until it has ended) and wait for it;
-    raise what it raised, unless that is the cancellation."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=ASK_EVERY_S)
-    if not task.cancelled():
-        task.result()
+async def cancel_and_wait(*tasks: asyncio.Future[Any]) -> None:
+    """Cancel ``tasks`` (each again, every :data:`ASK_EVERY_S`, until it has ended) and wait
+    for all of them; then raise what the first of them raised, unless that is the
+    cancellation (every task is stopped before anything is raised)."""
+    pending = set(tasks)
+    while pending := {task for task in pending if not task.done()}:
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=ASK_EVERY_S)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            task.result()

@@ -149,8 +149,7 @@ class StageLoop:
                 len(self.held),
             )
         finally:
-            for task in (reader, keeper):
-                await cancel_and_wait(task)
+            await cancel_and_wait(reader, keeper)
             self._executor.shutdown(wait=False)
             await self.queue.close()
 

@@ -143,8 +143,7 @@ class Worker:
                     for stage_loop in self.loops:
                         group.create_task(stage_loop.run(self.stop), name=stage_loop.stage.name)
             finally:
-                for task in (beats, live):
-                    await cancel_and_wait(task)
+                await cancel_and_wait(beats, live)
             try:
                 await retire(client, self.settings, self.consumer)
             except REDIS_DOWN as exc:

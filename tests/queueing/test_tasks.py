@@ -40,3 +40,19 @@ def test_what_the_task_raised_is_raised() -> None:
 
     with pytest.raises(ValueError, match="boom"):
         asyncio.run(main())
+
+
+def test_every_task_is_stopped_before_one_that_failed_is_raised() -> None:
+    async def fails() -> None:
+        raise ValueError("boom")
+
+    async def main() -> asyncio.Task[None]:
+        started = asyncio.Event()
+        failed = asyncio.create_task(fails())
+        other = asyncio.create_task(_absorbs_the_first_cancel(started))
+        await started.wait()
+        with pytest.raises(ValueError, match="boom"):
+            await asyncio.wait_for(cancel_and_wait(failed, other), 10)
+        return other
+
+    assert asyncio.run(main()).cancelled()
