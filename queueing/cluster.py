@@ -198,3 +198,9 @@ def node_connection(client: redis.cluster.RedisCluster, key: str) -> redis.Redis
     # (Not single_connection_client: that connects at once, here. A fresh pool used by one
     # caller at a time hands back the same connection for each command anyway.)
     return redis.Redis(**_node_kwargs(kwargs))
+
+
+def demoted(exc: redis.exceptions.ResponseError) -> bool:
+    """Whether ``exc`` says the node it came from is (now) a replica: it refuses a write
+    (READONLY) or WAIT ("WAIT cannot be used with replica instances")."""
+    return isinstance(exc, redis.exceptions.ReadOnlyError) or "replica" in str(exc).lower()

@@ -20,7 +20,7 @@ import redis.exceptions
 from queueing.chunks import CHUNK, END, STREAM_BLOCK_MS, STREAM_READ_COUNT, StreamEvent, events_of
 from queueing.client.core import NOT_REPLICATED, SUBMIT_CHUNK, Core, SubmitPlan
 from queueing.client.retry import Attempt, Backoff, outage_log
-from queueing.cluster import node_connection
+from queueing.cluster import demoted, node_connection
 from queueing.connection import REDIS_DOWN, broker_errors, connect
 from queueing.errors import BatchlineError, JobError, ResultTimeout, UnknownJob
 from queueing.jobs import JobRecord, JobStatus, Snapshot, job_error
@@ -337,6 +337,14 @@ class Client:
         except redis.exceptions.AskError as exc:  # (MOVED too)
             self.redis.nodes_manager.initialize()
             raise redis.exceptions.TryAgainError(f"the partition moved: {exc}") from exc
+        except redis.exceptions.ResponseError as exc:
+            if not demoted(exc):
+                raise
+            # A master killed and restarted serves as one until it learns that its replica
+            # was promoted: what it took meanwhile is dropped when it syncs from the new
+            # master, so the submit is not confirmed; it is sent again there (safely: retry).
+            self.redis.nodes_manager.initialize()
+            raise redis.exceptions.TryAgainError(f"the master was demoted: {exc}") from exc
         except REDIS_DOWN:
             # The master may be gone (a failover): a keyed read through the cluster client
             # (which follows a failover by itself) refreshes its view of the slots, so the

@@ -11,7 +11,10 @@ from __future__ import annotations
 import threading
 import time
 
+import redis.exceptions
+
 from queueing.client import Client
+from queueing.cluster import demoted
 from queueing.errors import BatchlineError, NotDurable
 from queueing.keys import Keys, partition_of
 from queueing.server import EmbeddedCluster
@@ -135,3 +138,11 @@ def test_a_master_killed_under_load_loses_no_durably_accepted_job(
             worker.terminate()
         for worker in workers:
             worker.wait(30)
+
+
+def test_a_demoted_master_is_recognised_by_what_it_answers() -> None:
+    """What a master that learnt it was replaced answers a durable submit: the submit is sent
+    again to the promoted one (what the old one took is dropped when it syncs from it)."""
+    assert demoted(redis.exceptions.ResponseError("WAIT cannot be used with replica instances."))
+    assert demoted(redis.exceptions.ReadOnlyError("You can't write against a read only replica."))
+    assert not demoted(redis.exceptions.ResponseError("NOSCRIPT No matching script."))
