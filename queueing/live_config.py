@@ -24,6 +24,7 @@ from queueing.keys import Keys, check_name
 from queueing.lanes import check_weights
 from queueing.message import dumps, loads
 from queueing.registry import StageSpec, parse_registry
+from queueing.scripts import REPLACE, replace_call
 from queueing.settings import Settings
 
 POLL_S = 0.5
@@ -163,23 +164,27 @@ async def set_settings(
     """Set some of a stage's live settings (merged with those set before); the stage must be
     registered and the result must be a valid stage. Returns the stage as now in force."""
     values = validate(values)
-    current = await stage_spec(client, settings, stage)
     keys = Keys(settings.prefix)
     field = keys.settings_field(stage)
-    before = await client.hget(keys.registry, field)
-    merged: dict[str, Any] = {}
-    if before is not None:
+    replace = client.register_script(REPLACE)
+    while True:  # (compare and set: a concurrent writer's update is merged, not lost)
+        current = await stage_spec(client, settings, stage)
+        before = await client.hget(keys.registry, field)
+        merged: dict[str, Any] = {}
+        if before is not None:
+            try:
+                merged = dict(LiveSettings.decode(before).values)
+            except DecodeError:
+                merged = {}
+        merged.update(values)
         try:
-            merged = dict(LiveSettings.decode(before).values)
-        except DecodeError:
-            merged = {}
-    merged.update(values)
-    try:
-        in_force = dataclasses.replace(current, **merged)
-    except ValueError as exc:
-        raise BadSetting(str(exc)) from None
-    live = LiveSettings(merged, time.time())
-    await client.hset(keys.registry, field, live.encode())
+            in_force = dataclasses.replace(current, **merged)
+        except ValueError as exc:
+            raise BadSetting(str(exc)) from None
+        live = LiveSettings(merged, time.time())
+        call_keys, args = replace_call(keys.registry, field, before, live.encode())
+        if await replace(keys=call_keys, args=args):
+            break
     return dataclasses.replace(in_force, settings_since=live.since)
 
 

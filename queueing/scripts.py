@@ -250,6 +250,13 @@ def watch_call(job_key: str, channel: str) -> Call:
     return [job_key], [channel]
 
 
+REPLACE = load("replace")
+
+
+def replace_call(hash_key: str, field: str, before: bytes | str | None, value: bytes) -> Call:
+    return [hash_key], [field, "0" if before is None else "1", before or b"", value]
+
+
 ORPHAN = load("orphan")
 
 

@@ -3,13 +3,17 @@ the registry shows the values in force and since when, and bad values are refuse
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 
 import redis
 
 from queueing.client import Client
+from queueing.connection import connect_async
 from queueing.jobs import JobStatus
+from queueing.live_config import set_settings, stage_spec
+from queueing.registry import StageSpec
 from queueing.settings import Settings
 from tests.conftest import ROOT, worker_env
 from tests.support import Workers
@@ -91,3 +95,30 @@ def test_bad_values_are_refused_with_a_clear_error(settings: Settings) -> None:
     nowhere = _config(settings, "set", "nope.model", "max_batch_size=4")
     assert nowhere.returncode == 2
     assert "unknown pipeline 'nope'" in nowhere.stderr
+
+
+def test_settings_written_at_once_are_merged_not_lost(settings: Settings) -> None:
+    """Each writer reads, merges and writes the stage's settings: two at once must both land
+    (a compare and set: the second reads again)."""
+    settings = settings.replace(pipelines=PIPELINES)
+    register(settings, t_live)
+    writes = [
+        {"max_batch_size": 5},
+        {"batch_wait_timeout_s": 0.25},
+        {"lane_weights": [9, 3, 1]},
+        {"max_latency_ms": 40.0},
+    ]
+
+    async def write_all() -> StageSpec:
+        client = connect_async(settings)
+        try:
+            await asyncio.gather(*(set_settings(client, settings, STAGE, w) for w in writes))
+            return await stage_spec(client, settings, STAGE)
+        finally:
+            await client.aclose()
+
+    spec = asyncio.run(write_all())
+    assert spec.max_batch_size == 5
+    assert spec.batch_wait_timeout_s == 0.25
+    assert tuple(spec.lane_weights) == (9, 3, 1)
+    assert spec.max_latency_ms == 40.0
