@@ -9,7 +9,10 @@ One SSE event per chunk stream entry, its ``id:`` the entry's id (what a client 
 - ``restart``: ``{"attempt"}``: a worker died mid-stream; drop the chunks so far;
 - ``end``: ``{"status"}`` (and ``"error"`` unless done): the job has ended, the stream closes;
 - ``timeout``: ``{"id"}``: the response stayed open BATCHLINE_MAX_WAIT_S; the job goes on,
-  resume with ``GET /v1/jobs/{id}/events`` and ``Last-Event-ID``.
+  resume with ``GET /v1/jobs/{id}/events`` and ``Last-Event-ID``;
+- ``error``: ``{"error"}``: reading the stream failed after the response had started (the
+  job's record expired, Redis stayed unreachable past BATCHLINE_RETRY_S...); the stream
+  closes without an ``end``.
 
 A client that disconnects cancels nothing: the job runs on, and its chunks wait for it.
 """

@@ -222,8 +222,10 @@ async def stream(name: str, request: Request) -> Response:
     (`{"seq", "attempt", "value"}`), `event: restart` (`{"attempt"}`: its worker died and
     another runs it again: drop the chunks so far), and last `event: end` (`{"status"}`, and
     `"error"` unless done). A pipeline that does not stream sends its result as one chunk. The
-    response stays open at most BATCHLINE_MAX_WAIT_S (then `event: timeout`); disconnecting
-    cancels nothing: resume with `GET /v1/jobs/{id}/events` and `Last-Event-ID`."""
+    response stays open at most BATCHLINE_MAX_WAIT_S (then `event: timeout`); if reading the
+    stream fails meanwhile (the job's record expired, Redis stayed unreachable), it ends with
+    `event: error` (`{"error"}`). Disconnecting cancels nothing: resume with
+    `GET /v1/jobs/{id}/events` and `Last-Event-ID`."""
     gateway, owner = _caller(request)
     check_content_type(request.headers.get("content-type"))
     idempotency_key = _idempotency_key(request)
@@ -263,7 +265,9 @@ async def job_events(
     ] = None,
 ) -> Response:
     """The job's events as `POST /v1/pipelines/{name}/stream` sends them (without its `job`
-    event), from the start or after `Last-Event-ID`."""
+    event: `chunk`, `restart`, then `end`; `timeout` past BATCHLINE_MAX_WAIT_S; `error`
+    (`{"error"}`) if reading the stream fails meanwhile), from the start or after
+    `Last-Event-ID`."""
     gateway, owner = _caller(request)
     found = await gateway.events(job_id, owner, last_event_id or "0")
     body = events.sse(found, job_id, gateway.settings.max_wait_s)

@@ -10,8 +10,12 @@ after):
   it): drop the chunks read so far, the new attempt's follow from seq 0;
 - ``end``: the job has ended (``status``, and ``error`` unless done): nothing follows.
 
-The stream lives ``result_ttl_s`` after its last write while the job runs, and as long as the
-job's record once it has ended (it expires with the job).
+The stream lives ``result_ttl_s`` after its last write while the job runs. An ``end`` written
+by the EMIT script (a streaming stage's worker finished the job, or saw it cancelled or failed)
+gives it the job's record's expiry: it expires with the job. A job that ends any other way
+(dead-lettered, expired before a worker ran it, cancelled while queued) gets no ``end`` entry,
+and its stream, if it has one, keeps the running TTL: it expires ``result_ttl_s`` after its
+last write.
 """
 
 from __future__ import annotations
