@@ -14,6 +14,10 @@ One SSE event per chunk stream entry, its ``id:`` the entry's id (what a client 
   job's record expired, Redis stayed unreachable past BATCHLINE_RETRY_S...); the stream
   closes without an ``end``.
 
+What can be refused is refused before the response starts, as JSON: the routes check
+``Last-Event-ID`` (422) and take a place among the gateway's followers (429 past
+BATCHLINE_MAX_STREAMS) before they submit or read anything.
+
 A client that disconnects cancels nothing: the job runs on, and its chunks wait for it.
 """
 

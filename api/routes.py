@@ -225,18 +225,24 @@ async def stream(name: str, request: Request) -> Response:
     response stays open at most BATCHLINE_MAX_WAIT_S (then `event: timeout`); if reading the
     stream fails meanwhile (the job's record expired, Redis stayed unreachable), it ends with
     `event: error` (`{"error"}`). Disconnecting cancels nothing: resume with
-    `GET /v1/jobs/{id}/events` and `Last-Event-ID`."""
+    `GET /v1/jobs/{id}/events` and `Last-Event-ID`. Past BATCHLINE_MAX_STREAMS open streams,
+    429 (with `Retry-After`), and nothing is submitted."""
     gateway, owner = _caller(request)
     check_content_type(request.headers.get("content-type"))
     idempotency_key = _idempotency_key(request)
     submission = parse_submission(await request.body(), allow_many=False)
-    [(job_id, status)] = await gateway.submit(
-        name, submission, idempotency_key=idempotency_key, owner=owner
-    )
+    follower = gateway.client.follower()  # 429 past BATCHLINE_MAX_STREAMS: nothing submitted
+    try:
+        [(job_id, status)] = await gateway.submit(
+            name, submission, idempotency_key=idempotency_key, owner=owner
+        )
+    except BaseException:
+        follower.release()
+        raise
     job = accepted(request, job_id, status)
     job["events"] = job["url"] + "/events"
     body = events.sse(
-        gateway.client.events(job_id, ends=True),
+        gateway.client.events(job_id, ends=True, follower=follower),
         job_id,
         gateway.settings.max_wait_s,
         events.frame("job", job),
@@ -250,7 +256,7 @@ async def stream(name: str, request: Request) -> Response:
     response_model=None,
     response_class=events.EventStream,
     summary="Follow a job's streamed outputs (Server-Sent Events), or resume them",
-    responses=events.responses(401, 404, 422, 503),
+    responses=events.responses(401, 404, 422, 429, 503),
     openapi_extra={"security": _HOT_DOCS["security"]},
 )
 async def job_events(
@@ -267,7 +273,7 @@ async def job_events(
     """The job's events as `POST /v1/pipelines/{name}/stream` sends them (without its `job`
     event: `chunk`, `restart`, then `end`; `timeout` past BATCHLINE_MAX_WAIT_S; `error`
     (`{"error"}`) if reading the stream fails meanwhile), from the start or after
-    `Last-Event-ID`."""
+    `Last-Event-ID`. Past BATCHLINE_MAX_STREAMS open streams, 429 (with `Retry-After`)."""
     gateway, owner = _caller(request)
     found = await gateway.events(job_id, owner, last_event_id or "0")
     body = events.sse(found, job_id, gateway.settings.max_wait_s)

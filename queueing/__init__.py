@@ -17,6 +17,7 @@ from queueing.errors import (
     NotDurable,
     QueueFull,
     ResultTimeout,
+    TooManyStreams,
     UnknownJob,
     UnknownPipeline,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "StageSpec",
     "StageTiming",
     "StreamEvent",
+    "TooManyStreams",
     "UnknownJob",
     "UnknownPipeline",
 ]
