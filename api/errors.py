@@ -4,7 +4,7 @@ The body is always JSON of one shape, never a traceback::
 
     {"error": "<code>", "message": "<what happened, and what to do>", ...details}
 
-- 422 ``InvalidInput``, FastAPI's ``RequestValidationError``: ``errors``, each
+- 422 ``InvalidInput``, ``InvalidEventId``, FastAPI's ``RequestValidationError``: ``errors``, each
   ``{"where", "message"}`` (``where`` like ``input.name`` or ``query.wait``)
 - 413 ``BodyTooLarge``: ``limit`` in bytes
 - 415 ``UnsupportedMediaType``: a body sent as anything but JSON (``Content-Type``)
@@ -47,6 +47,7 @@ from queueing.errors import (
     BrokerFull,
     BrokerUnavailable,
     IdempotencyConflict,
+    InvalidEventId,
     NotDurable,
     QueueFull,
     ResultTimeout,
@@ -180,6 +181,8 @@ async def _batchline_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, QueueFull):
         headers = _retry_after(exc.retry_after)
         return problem(429, "queue_full", message, headers, lane=exc.lane)
+    if isinstance(exc, InvalidEventId):  # (the routes check theirs first, naming the header)
+        return problem(422, "invalid_input", message, errors=[])
     if isinstance(exc, TooManyStreams):
         return problem(429, "too_many_streams", message, _retry_after(exc.retry_after))
     if isinstance(exc, BrokerFull):

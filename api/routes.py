@@ -27,7 +27,8 @@ from api.documents import (
 from api.errors import InvalidInput, NotReady, Unauthorized
 from api.gateway import Gateway
 from api.submission import MAX_DEPTH, MAX_INT, MIN_INT, check_content_type, parse_submission
-from queueing.errors import BrokerUnavailable, UnknownPipeline
+from queueing.chunks import check_event_id
+from queueing.errors import BrokerUnavailable, InvalidEventId, UnknownPipeline
 
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="The API key")
@@ -265,19 +266,34 @@ async def job_events(
     last_event_id: Annotated[
         str | None,
         Header(
-            pattern=r"^[0-9]{1,20}-[0-9]{1,20}$",
-            description="Resume after this event (the `id:` of the last one received).",
+            pattern=r"^[0-9]{1,20}(-[0-9]{1,20})?$",
+            description="Resume after this event (the `id:` of the last one received): "
+            "`<ms>-<seq>` or `<ms>`, each part at most 18446744073709551615.",
         ),
     ] = None,
 ) -> Response:
     """The job's events as `POST /v1/pipelines/{name}/stream` sends them (without its `job`
     event: `chunk`, `restart`, then `end`; `timeout` past BATCHLINE_MAX_WAIT_S; `error`
     (`{"error"}`) if reading the stream fails meanwhile), from the start or after
-    `Last-Event-ID`. Past BATCHLINE_MAX_STREAMS open streams, 429 (with `Retry-After`)."""
+    `Last-Event-ID` (422 if it is not an event id). Past BATCHLINE_MAX_STREAMS open streams,
+    429 (with `Retry-After`)."""
     gateway, owner = _caller(request)
-    found = await gateway.events(job_id, owner, last_event_id or "0")
+    after = _last_event_id(last_event_id)
+    found = await gateway.events(job_id, owner, after)
     body = events.sse(found, job_id, gateway.settings.max_wait_s)
     return events.EventStream(body, headers=events.HEADERS)
+
+
+def _last_event_id(value: str | None) -> str:
+    """The header's cursor ("0": none), checked before the answer starts."""
+    if not value:
+        return "0"
+    try:
+        return check_event_id(value)
+    except InvalidEventId as exc:
+        raise InvalidInput(
+            f"Last-Event-ID: {exc}", [{"where": "header.last-event-id", "message": str(exc)}]
+        ) from exc
 
 
 @v1.get(

@@ -24,6 +24,7 @@ last write.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import weakref
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from queueing.cluster import AsyncRedis
-from queueing.errors import DecodeError, TooManyStreams
+from queueing.errors import DecodeError, InvalidEventId, TooManyStreams
 from queueing.keys import Keys
 from queueing.message import loads
 from queueing.scripts import EMIT, Emitted, emit_call
@@ -122,6 +123,20 @@ STREAM_BLOCK_MS = 1000
 ended without an ``end`` entry, cancelled while queued say, ends its readers this soon)."""
 STREAM_READ_COUNT = 256
 """Most entries one read of a chunk stream takes."""
+
+
+MAX_ID_PART = 2**64 - 1
+"""Largest part of a stream entry id Redis accepts (each of ``<ms>-<seq>``)."""
+_EVENT_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
+
+
+def check_event_id(value: str) -> str:
+    """``value`` if it is a cursor to read a chunk stream after: ``<ms>`` or ``<ms>-<seq>``,
+    each part at most 2**64-1 ("0": from the start); InvalidEventId if not."""
+    match = _EVENT_ID.fullmatch(value) if isinstance(value, str) else None
+    if match is None or any(int(part) > MAX_ID_PART for part in match.groups() if part):
+        raise InvalidEventId(str(value))
+    return value
 
 
 class Follower:

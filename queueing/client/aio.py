@@ -26,6 +26,7 @@ from queueing.chunks import (
     Follower,
     Followers,
     StreamEvent,
+    check_event_id,
     events_of,
 )
 from queueing.client.core import NOT_REPLICATED, SUBMIT_CHUNK, Core, SubmitPlan
@@ -433,7 +434,8 @@ class AsyncClient:
         ``end`` event last instead (whatever the job's status; its id is "" if the job ended
         without writing one), and raise nothing for the job's outcome.
 
-        A reader holds a place among this client's followers (``follower``, from
+        ``after`` must be ``<ms>`` or ``<ms>-<seq>``, each part at most 2**64-1 (InvalidEventId
+        if not). A reader holds a place among this client's followers (``follower``, from
         :meth:`follower`; else one is taken: TooManyStreams past ``Settings.max_streams``) until
         it stops; its blocking reads use the client's pool for followers, not the main one.
 
@@ -444,7 +446,7 @@ class AsyncClient:
             follower = self.follower()
         try:
             job = AsyncJob(self, self.core.check_job_id(job_id))
-            cursor = after
+            cursor = check_event_id(after)
             key = self.core.keys.chunks(job.id)
             reader = self._follow_client()
             ended = None

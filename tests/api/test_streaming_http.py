@@ -1,7 +1,7 @@
 """Streamed outputs over HTTP (Server-Sent Events), through a real gateway and real workers:
 ids per chunk, resumption with Last-Event-ID, a disconnect that cancels nothing, cancel
 mid-stream, a pipeline that does not stream; open streams that never starve the gateway's
-other traffic, and their bound (429)."""
+other traffic, their bound (429), and a Last-Event-ID that is no event id (422)."""
 
 from __future__ import annotations
 
@@ -169,6 +169,23 @@ def test_events_of_an_unknown_job_or_a_bad_last_event_id_are_refused(http: httpx
     bad = http.get("/v1/jobs/0-" + "0" * 32 + "/events", headers={"Last-Event-ID": "x"})
     assert bad.status_code == 422
     assert http.post("/v1/pipelines/nope/stream", json={"input": 1}).status_code == 404
+
+
+def test_a_last_event_id_redis_would_refuse_is_422_before_the_stream_starts(
+    http: httpx.Client,
+) -> None:
+    """Parts over 2**64-1 fit the header's pattern (20 digits) but are no stream id."""
+    job = http.post("/v1/pipelines/t_gen/jobs", json={"input": {"x": 1, "n": 1}}).json()
+    for last in ("99999999999999999999-0", "0-18446744073709551616", "18446744073709551616"):
+        answer = http.get(job["url"] + "/events", headers={"Last-Event-ID": last})
+        assert answer.status_code == 422, answer.text
+        body = answer.json()
+        assert body["error"] == "invalid_input"
+        assert "Last-Event-ID" in body["message"]
+        assert body["errors"][0]["where"] == "header.last-event-id"
+    http.delete(job["url"])  # (ended: a valid cursor's reader stops at once)
+    for last in ("18446744073709551615-18446744073709551615", "18446744073709551615"):
+        assert [e.kind for e in follow(http, job["id"], last=last)] == ["end"]
 
 
 def wait_for_blocked_reads(r: redis.Redis, count: int) -> None:

@@ -1,8 +1,8 @@
 """EMIT, driven by hand (StageQueue + ChunkWriter): a step repeated after a lost reply writes
 nothing twice, an end is written once with the job's result, a claimed entry is fenced, a
 re-run starts with one restart entry, a cancelled job's stream ends as cancelled. Readers:
-a client's followers are bounded (past the bound nothing is submitted) and read on their own
-pool."""
+a cursor that is no event id is refused with our error, and a client's followers are bounded
+(past the bound nothing is submitted) and read on their own pool."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import redis
 
 from queueing.chunks import ChunkWriter, StreamEvent
 from queueing.client import AsyncClient, Client
-from queueing.errors import JobCancelled, TooManyStreams
+from queueing.errors import InvalidEventId, JobCancelled, TooManyStreams
 from queueing.keys import Keys
 from queueing.scripts import Emitted
 from queueing.settings import Settings
@@ -145,6 +145,25 @@ def test_a_job_cancelled_mid_stream_is_stopped_acked_and_its_stream_ended(
         else:
             raise AssertionError("the reader did not raise JobCancelled")
     assert [e.value for e in read] == [1]
+
+
+def test_a_cursor_that_is_no_event_id_raises_invalid_event_id(
+    redis_client: redis.Redis, settings: Settings
+) -> None:
+    register(redis_client, settings)
+    [job_id] = submit(settings, "echo", {"n": 1})
+    bad = ["junk", "", "1-", "-1", "1-2-3", "18446744073709551616", "0-18446744073709551616"]
+    bad += ["99999999999999999999-0", " 1", "1\n"]
+    with Client(settings) as client:
+        for after in bad:
+            with pytest.raises(InvalidEventId, match="invalid event id"):
+                next(client.events(job_id, after=after))
+        assert client.following == 0  # (each refused reader gave its place back)
+        # The largest ids Redis takes are taken: nothing follows them but the job's end.
+        client.cancel(job_id)
+        for after in ("18446744073709551615", "18446744073709551615-18446744073709551615"):
+            read = list(client.events(job_id, after=after, ends=True))
+            assert [(e.kind, e.status) for e in read] == [("end", "cancelled")]
 
 
 def test_followers_are_bounded_and_past_the_bound_nothing_is_submitted(
