@@ -4,7 +4,7 @@ The body is always JSON of one shape, never a traceback::
 
     {"error": "<code>", "message": "<what happened, and what to do>", ...details}
 
-- 422 ``InvalidInput``, FastAPI's ``RequestValidationError``: ``errors``, each
+- 422 ``InvalidInput``, ``InvalidEventId``, FastAPI's ``RequestValidationError``: ``errors``, each
   ``{"where", "message"}`` (``where`` like ``input.name`` or ``query.wait``)
 - 413 ``BodyTooLarge``: ``limit`` in bytes
 - 415 ``UnsupportedMediaType``: a body sent as anything but JSON (``Content-Type``)
@@ -12,7 +12,8 @@ The body is always JSON of one shape, never a traceback::
 - 404 ``UnknownPipeline``, ``UnknownJob`` (another key's job is unknown too), unknown routes
 - 405 a method the path does not take: ``Allow`` lists every one it does
 - 409 ``IdempotencyConflict``: ``id`` of the job the key names
-- 429 ``QueueFull``: ``Retry-After``
+- 429 ``QueueFull``, ``TooManyStreams`` (the gateway follows BATCHLINE_MAX_STREAMS event
+  streams already; nothing was submitted): ``Retry-After``
 - 503 ``BrokerUnavailable`` (and redis-py's connection errors, should one slip by),
   ``BrokerFull`` (Redis at its ``maxmemory``), ``NotReady``: ``Retry-After``; ``NotDurable``
   (a durable submit queued but not confirmed on disk or on a replica): ``ids`` and ``urls`` of
@@ -46,9 +47,11 @@ from queueing.errors import (
     BrokerFull,
     BrokerUnavailable,
     IdempotencyConflict,
+    InvalidEventId,
     NotDurable,
     QueueFull,
     ResultTimeout,
+    TooManyStreams,
     UnknownJob,
     UnknownPipeline,
 )
@@ -178,6 +181,10 @@ async def _batchline_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, QueueFull):
         headers = _retry_after(exc.retry_after)
         return problem(429, "queue_full", message, headers, lane=exc.lane)
+    if isinstance(exc, InvalidEventId):  # (the routes check theirs first, naming the header)
+        return problem(422, "invalid_input", message, errors=[])
+    if isinstance(exc, TooManyStreams):
+        return problem(429, "too_many_streams", message, _retry_after(exc.retry_after))
     if isinstance(exc, BrokerFull):
         log.warning("answering 503: %s", exc)
         return problem(503, "broker_full", message, _retry_after(exc.retry_after))

@@ -9,7 +9,14 @@ One SSE event per chunk stream entry, its ``id:`` the entry's id (what a client 
 - ``restart``: ``{"attempt"}``: a worker died mid-stream; drop the chunks so far;
 - ``end``: ``{"status"}`` (and ``"error"`` unless done): the job has ended, the stream closes;
 - ``timeout``: ``{"id"}``: the response stayed open BATCHLINE_MAX_WAIT_S; the job goes on,
-  resume with ``GET /v1/jobs/{id}/events`` and ``Last-Event-ID``.
+  resume with ``GET /v1/jobs/{id}/events`` and ``Last-Event-ID``;
+- ``error``: ``{"error"}``: reading the stream failed after the response had started (the
+  job's record expired, Redis stayed unreachable past BATCHLINE_RETRY_S...); the stream
+  closes without an ``end``.
+
+What can be refused is refused before the response starts, as JSON: the routes check
+``Last-Event-ID`` (422) and take a place among the gateway's followers (429 past
+BATCHLINE_MAX_STREAMS) before they submit or read anything.
 
 A client that disconnects cancels nothing: the job runs on, and its chunks wait for it.
 """

@@ -181,9 +181,15 @@ class Gateway:
         self, job_id: str, owner: str | None, after: str = "0"
     ) -> AsyncIterator[StreamEvent]:
         """A job's streamed outputs after ``after``, its ``end`` last (see
-        :meth:`AsyncClient.events`); UnknownJob now for an unknown job (or another's)."""
-        await self._read(job_id, owner)
-        return self.client.events(job_id, after=after, ends=True)
+        :meth:`AsyncClient.events`); now, before any answer starts: TooManyStreams past
+        BATCHLINE_MAX_STREAMS, UnknownJob for an unknown job (or another's)."""
+        follower = self.client.follower()
+        try:
+            await self._read(job_id, owner)
+        except BaseException:
+            follower.release()
+            raise
+        return self.client.events(job_id, after=after, ends=True, follower=follower)
 
     async def _read(self, job_id: str, owner: str | None) -> tuple[AsyncJob, Snapshot]:
         if not is_job_id(job_id):

@@ -27,7 +27,8 @@ from api.documents import (
 from api.errors import InvalidInput, NotReady, Unauthorized
 from api.gateway import Gateway
 from api.submission import MAX_DEPTH, MAX_INT, MIN_INT, check_content_type, parse_submission
-from queueing.errors import BrokerUnavailable, UnknownPipeline
+from queueing.chunks import check_event_id
+from queueing.errors import BrokerUnavailable, InvalidEventId, UnknownPipeline
 
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="The API key")
@@ -222,19 +223,27 @@ async def stream(name: str, request: Request) -> Response:
     (`{"seq", "attempt", "value"}`), `event: restart` (`{"attempt"}`: its worker died and
     another runs it again: drop the chunks so far), and last `event: end` (`{"status"}`, and
     `"error"` unless done). A pipeline that does not stream sends its result as one chunk. The
-    response stays open at most BATCHLINE_MAX_WAIT_S (then `event: timeout`); disconnecting
-    cancels nothing: resume with `GET /v1/jobs/{id}/events` and `Last-Event-ID`."""
+    response stays open at most BATCHLINE_MAX_WAIT_S (then `event: timeout`); if reading the
+    stream fails meanwhile (the job's record expired, Redis stayed unreachable), it ends with
+    `event: error` (`{"error"}`). Disconnecting cancels nothing: resume with
+    `GET /v1/jobs/{id}/events` and `Last-Event-ID`. Past BATCHLINE_MAX_STREAMS open streams,
+    429 (with `Retry-After`), and nothing is submitted."""
     gateway, owner = _caller(request)
     check_content_type(request.headers.get("content-type"))
     idempotency_key = _idempotency_key(request)
     submission = parse_submission(await request.body(), allow_many=False)
-    [(job_id, status)] = await gateway.submit(
-        name, submission, idempotency_key=idempotency_key, owner=owner
-    )
+    follower = gateway.client.follower()  # 429 past BATCHLINE_MAX_STREAMS: nothing submitted
+    try:
+        [(job_id, status)] = await gateway.submit(
+            name, submission, idempotency_key=idempotency_key, owner=owner
+        )
+    except BaseException:
+        follower.release()
+        raise
     job = accepted(request, job_id, status)
     job["events"] = job["url"] + "/events"
     body = events.sse(
-        gateway.client.events(job_id, ends=True),
+        gateway.client.events(job_id, ends=True, follower=follower),
         job_id,
         gateway.settings.max_wait_s,
         events.frame("job", job),
@@ -248,7 +257,7 @@ async def stream(name: str, request: Request) -> Response:
     response_model=None,
     response_class=events.EventStream,
     summary="Follow a job's streamed outputs (Server-Sent Events), or resume them",
-    responses=events.responses(401, 404, 422, 503),
+    responses=events.responses(401, 404, 422, 429, 503),
     openapi_extra={"security": _HOT_DOCS["security"]},
 )
 async def job_events(
@@ -257,17 +266,34 @@ async def job_events(
     last_event_id: Annotated[
         str | None,
         Header(
-            pattern=r"^[0-9]{1,20}-[0-9]{1,20}$",
-            description="Resume after this event (the `id:` of the last one received).",
+            pattern=r"^[0-9]{1,20}(-[0-9]{1,20})?$",
+            description="Resume after this event (the `id:` of the last one received): "
+            "`<ms>-<seq>` or `<ms>`, each part at most 18446744073709551615.",
         ),
     ] = None,
 ) -> Response:
     """The job's events as `POST /v1/pipelines/{name}/stream` sends them (without its `job`
-    event), from the start or after `Last-Event-ID`."""
+    event: `chunk`, `restart`, then `end`; `timeout` past BATCHLINE_MAX_WAIT_S; `error`
+    (`{"error"}`) if reading the stream fails meanwhile), from the start or after
+    `Last-Event-ID` (422 if it is not an event id). Past BATCHLINE_MAX_STREAMS open streams,
+    429 (with `Retry-After`)."""
     gateway, owner = _caller(request)
-    found = await gateway.events(job_id, owner, last_event_id or "0")
+    after = _last_event_id(last_event_id)
+    found = await gateway.events(job_id, owner, after)
     body = events.sse(found, job_id, gateway.settings.max_wait_s)
     return events.EventStream(body, headers=events.HEADERS)
+
+
+def _last_event_id(value: str | None) -> str:
+    """The header's cursor ("0": none), checked before the answer starts."""
+    if not value:
+        return "0"
+    try:
+        return check_event_id(value)
+    except InvalidEventId as exc:
+        raise InvalidInput(
+            f"Last-Event-ID: {exc}", [{"where": "header.last-event-id", "message": str(exc)}]
+        ) from exc
 
 
 @v1.get(

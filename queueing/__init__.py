@@ -10,6 +10,7 @@ from queueing.errors import (
     ConfigError,
     DecodeError,
     IdempotencyConflict,
+    InvalidEventId,
     JobCancelled,
     JobError,
     JobExpired,
@@ -17,6 +18,7 @@ from queueing.errors import (
     NotDurable,
     QueueFull,
     ResultTimeout,
+    TooManyStreams,
     UnknownJob,
     UnknownPipeline,
 )
@@ -38,6 +40,7 @@ __all__ = [
     "DecodeError",
     "EmbeddedServer",
     "IdempotencyConflict",
+    "InvalidEventId",
     "Job",
     "JobCancelled",
     "JobError",
@@ -55,6 +58,7 @@ __all__ = [
     "StageSpec",
     "StageTiming",
     "StreamEvent",
+    "TooManyStreams",
     "UnknownJob",
     "UnknownPipeline",
 ]

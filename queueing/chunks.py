@@ -10,20 +10,31 @@ after):
   it): drop the chunks read so far, the new attempt's follow from seq 0;
 - ``end``: the job has ended (``status``, and ``error`` unless done): nothing follows.
 
-The stream lives ``result_ttl_s`` after its last write while the job runs, and as long as the
-job's record once it has ended (it expires with the job).
+Readers are bounded per client (:class:`Followers`, ``BATCHLINE_MAX_STREAMS``), and their
+blocking reads go through the client's own connection pool for them, so that open followers
+never hold the connections that submits and polls need.
+
+The stream lives ``result_ttl_s`` after its last write while the job runs. An ``end`` written
+by the EMIT script (a streaming stage's worker finished the job, or saw it cancelled or failed)
+gives it the job's record's expiry: it expires with the job. A job that ends any other way
+(dead-lettered, expired before a worker ran it, cancelled while queued) gets no ``end`` entry,
+and its stream, if it has one, keeps the running TTL: it expires ``result_ttl_s`` after its
+last write.
 """
 
 from __future__ import annotations
 
+import re
+import threading
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from queueing.cluster import AsyncRedis
-from queueing.errors import DecodeError
+from queueing.errors import DecodeError, InvalidEventId, TooManyStreams
 from queueing.keys import Keys
 from queueing.message import loads
 from queueing.scripts import EMIT, Emitted, emit_call
@@ -112,6 +123,61 @@ STREAM_BLOCK_MS = 1000
 ended without an ``end`` entry, cancelled while queued say, ends its readers this soon)."""
 STREAM_READ_COUNT = 256
 """Most entries one read of a chunk stream takes."""
+
+
+MAX_ID_PART = 2**64 - 1
+"""Largest part of a stream entry id Redis accepts (each of ``<ms>-<seq>``)."""
+_EVENT_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
+
+
+def check_event_id(value: str) -> str:
+    """``value`` if it is a cursor to read a chunk stream after: ``<ms>`` or ``<ms>-<seq>``,
+    each part at most 2**64-1 ("0": from the start); InvalidEventId if not."""
+    match = _EVENT_ID.fullmatch(value) if isinstance(value, str) else None
+    if match is None or any(int(part) > MAX_ID_PART for part in match.groups() if part):
+        raise InvalidEventId(str(value))
+    return value
+
+
+class Follower:
+    """A client's place for one reader of a chunk stream (see :class:`Followers`): it counts
+    until released, or until nothing refers to it (a reader dropped before it ever ran)."""
+
+    __slots__ = ("__weakref__", "_followers")
+
+    def __init__(self, followers: Followers) -> None:
+        self._followers = followers
+
+    def release(self) -> None:
+        """Give the place back (again: nothing)."""
+        self._followers.release(self)
+
+
+class Followers:
+    """The bound on one client's concurrent readers of chunk streams: :meth:`take` a place
+    before submitting or answering anything, so that past the bound nothing is done. (A lock,
+    not an asyncio one: the blocking client's threads share it, and nothing awaits inside.)"""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._held: weakref.WeakSet[Follower] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def take(self) -> Follower:
+        """A place; TooManyStreams if ``limit`` are held."""
+        with self._lock:
+            if len(self._held) >= self.limit:
+                raise TooManyStreams(self.limit)
+            follower = Follower(self)
+            self._held.add(follower)
+            return follower
+
+    def release(self, follower: Follower) -> None:
+        with self._lock:
+            self._held.discard(follower)
 
 
 class ChunkWriter:

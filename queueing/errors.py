@@ -11,6 +11,8 @@
     ├── UnknownPipeline        no pipeline of that name is registered
     ├── UnknownJob             no job of that id (or it expired, or belongs to someone else)
     ├── QueueFull              the first stage's backlog is over its limit (has retry_after)
+    ├── TooManyStreams         a client follows BATCHLINE_MAX_STREAMS streams already
+    ├── InvalidEventId         a chunk stream cursor (``after``, Last-Event-ID) is not an id
     ├── BrokerFull             Redis is out of memory (maxmemory, noeviction): nothing written
     ├── IdempotencyConflict    an idempotency key was reused with a different input
     └── JobError               a job ended without a result (has job_id)
@@ -102,6 +104,31 @@ class QueueFull(BatchlineError):
         self.backlog = backlog
         self.limit = limit
         self.retry_after = retry_after
+
+
+class TooManyStreams(BatchlineError):
+    """The client follows ``limit`` chunk streams already (``BATCHLINE_MAX_STREAMS``): nothing
+    was submitted or read; try again after ``retry_after`` seconds, once some have ended."""
+
+    def __init__(self, limit: int, retry_after: float = 1.0) -> None:
+        super().__init__(
+            f"this client follows {limit} streams already (BATCHLINE_MAX_STREAMS); nothing was "
+            f"submitted, retry after {retry_after:g}s"
+        )
+        self.limit = limit
+        self.retry_after = retry_after
+
+
+class InvalidEventId(BatchlineError, ValueError):
+    """A cursor to follow a chunk stream after (``events(after=)``, ``Last-Event-ID``) is not
+    an event id: ``<ms>`` or ``<ms>-<seq>``, each part at most 2**64-1 ("0": the start)."""
+
+    def __init__(self, value: str) -> None:
+        super().__init__(
+            f"invalid event id {value[:40]!r}: expected <ms> or <ms>-<seq>, each part a number "
+            'from 0 to 18446744073709551615 ("0": from the start)'
+        )
+        self.value = value
 
 
 class BrokerFull(BatchlineError):

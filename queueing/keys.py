@@ -77,7 +77,8 @@ class Keys:
 
     def chunks(self, job_id: str) -> str:
         """Stream: a streaming job's chunks, for readers to follow and resume (see
-        ``queueing/lua/emit.lua``); it expires with the job."""
+        ``queueing/lua/emit.lua``); it expires with the job when EMIT wrote its end, else
+        ``result_ttl_s`` after its last write (see :mod:`queueing.chunks`)."""
         return f"{self._tag(partition_of(job_id))}:chunks:{job_id}"
 
     @property

@@ -87,6 +87,10 @@ class Settings:
     """How often the notifier re-reads the pending webhooks (ends whose notice it missed)."""
     max_wait_s: float = 60.0
     """Longest a gateway call may wait for a result (long-poll and synchronous calls)."""
+    max_streams: int = 256
+    """Most chunk streams one client follows at once (``events()``/``stream()``, the gateway's
+    Server-Sent Events); past it they raise TooManyStreams (429). Each follower holds one
+    connection of the client's own pool for blocking reads, never one of its main pool."""
     retry_s: float = 10.0
     """How long a client call (submit, cancel, a read, a wait's re-check) retries while Redis
     is unreachable (a restart) before it raises BrokerUnavailable; 0: it does not retry."""
@@ -124,6 +128,7 @@ class Settings:
             ("webhook_timeout_s", 0 < self.webhook_timeout_s <= 300),
             ("webhook_sweep_s", 0 < self.webhook_sweep_s <= 3600),
             ("max_wait_s", 0 < self.max_wait_s < 1e6),
+            ("max_streams", 1 <= self.max_streams <= 100_000),
             ("retry_s", 0 <= self.retry_s < 1e6),
             ("torch_threads", self.torch_threads >= 0),
             ("prefix", bool(self.prefix) and not any(c in self.prefix for c in "{}: ")),

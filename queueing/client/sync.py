@@ -17,10 +17,20 @@ import redis
 import redis.cluster
 import redis.exceptions
 
-from queueing.chunks import CHUNK, END, STREAM_BLOCK_MS, STREAM_READ_COUNT, StreamEvent, events_of
+from queueing.chunks import (
+    CHUNK,
+    END,
+    STREAM_BLOCK_MS,
+    STREAM_READ_COUNT,
+    Follower,
+    Followers,
+    StreamEvent,
+    check_event_id,
+    events_of,
+)
 from queueing.client.core import NOT_REPLICATED, SUBMIT_CHUNK, Core, SubmitPlan
 from queueing.client.retry import Attempt, Backoff, outage_log
-from queueing.cluster import demoted, node_connection
+from queueing.cluster import SyncRedis, demoted, node_connection
 from queueing.connection import REDIS_DOWN, broker_errors, connect
 from queueing.errors import BatchlineError, JobError, ResultTimeout, UnknownJob
 from queueing.jobs import JobRecord, JobStatus, Snapshot, job_error
@@ -135,6 +145,10 @@ class Client:
         self._orphan = self.redis.register_script(ORPHAN)
         self._listener: Listener | None = None
         self._outage = outage_log()
+        self._followers = Followers(settings.max_streams)
+        self._follow_redis: SyncRedis | None = None
+        """The pool of the followers' blocking reads (opened on the first): apart from the
+        main one, so that open followers never starve submits, polls and health checks."""
 
     def __enter__(self) -> Client:
         return self
@@ -146,6 +160,9 @@ class Client:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
+        if self._follow_redis is not None:
+            self._follow_redis.close()
+            self._follow_redis = None
         self.redis.close()
 
     def _attempts(self) -> Iterator[Attempt]:
@@ -177,6 +194,26 @@ class Client:
     def listening(self) -> bool:
         """Whether the wake-up listener has subscribed."""
         return self._listener is not None and self._listener.ready
+
+    def follower(self) -> Follower:
+        """A place for one reader of a chunk stream (pass it to :meth:`events`, which gives it
+        back when it stops): TooManyStreams if ``Settings.max_streams`` readers follow streams
+        already. Take it before doing anything a refusal should not leave done."""
+        return self._followers.take()
+
+    @property
+    def following(self) -> int:
+        """How many readers of chunk streams hold a place now."""
+        return len(self._followers)
+
+    def _follow_client(self) -> SyncRedis:
+        if self._follow_redis is None:
+            # One connection per follower at most (each has one read in flight): as large as
+            # their bound, so a follower never waits for one.
+            self._follow_redis = connect(
+                self.core.settings, max_connections=self.core.settings.max_streams
+            )
+        return self._follow_redis
 
     def pipelines(self, *, refresh: bool = True) -> dict[str, PipelineSpec]:
         """The registered pipelines by name."""
@@ -370,16 +407,22 @@ class Client:
         ``restart`` if a worker died mid-stream and another runs the job again (drop the
         chunks read so far), until the job is done; a job that ends without a result raises
         its JobError. Each event has the job's id and its own id, to resume from with
-        :meth:`events` (see :mod:`queueing.chunks`)."""
-        job = self.submit(
-            pipeline,
-            input,
-            timeout_s=timeout_s,
-            idempotency_key=idempotency_key,
-            result_ttl_s=result_ttl_s,
-            priority=priority,
-        )
-        for event in self.events(job.id):  # noqa: RUF100, UP028 (sync twin)
+        :meth:`events` (see :mod:`queueing.chunks`). TooManyStreams, before anything is
+        submitted, if this client follows ``Settings.max_streams`` streams already."""
+        follower = self.follower()
+        try:
+            job = self.submit(
+                pipeline,
+                input,
+                timeout_s=timeout_s,
+                idempotency_key=idempotency_key,
+                result_ttl_s=result_ttl_s,
+                priority=priority,
+            )
+        except BaseException:
+            follower.release()
+            raise
+        for event in self.events(job.id, follower=follower):  # noqa: RUF100, UP028 (sync twin)
             yield event
 
     def events(
@@ -388,6 +431,7 @@ class Client:
         *,
         after: str = "0",
         ends: bool = False,
+        follower: Follower | None = None,
     ) -> Iterator[StreamEvent]:
         """A job's streamed outputs after the event id ``after`` ("0": from the start), in
         order: ``chunk`` and ``restart`` events; the iteration stops when the job is done, and
@@ -397,48 +441,59 @@ class Client:
         ``end`` event last instead (whatever the job's status; its id is "" if the job ended
         without writing one), and raise nothing for the job's outcome.
 
+        ``after`` must be ``<ms>`` or ``<ms>-<seq>``, each part at most 2**64-1 (InvalidEventId
+        if not). A reader holds a place among this client's followers (``follower``, from
+        :meth:`follower`; else one is taken: TooManyStreams past ``Settings.max_streams``) until
+        it stops; its blocking reads use the client's pool for followers, not the main one.
+
         Reads block at most STREAM_BLOCK_MS at a time; in between, the job's status is read,
         so a reader never hangs on a job that ended without an ``end`` entry (cancelled while
         queued, dead-lettered)."""
-        job = Job(self, self.core.check_job_id(job_id))
-        key = self.core.keys.chunks(job.id)
-        cursor = after
-        ended = None
-        while True:
-            for attempt in self._attempts():
-                with attempt:
-                    reply = self.redis.xread(
-                        {key: cursor},
-                        count=STREAM_READ_COUNT,
-                        block=None if ended is not None else STREAM_BLOCK_MS,
-                    )
-            events = events_of(job.id, reply)
-            for event in events:
-                cursor = event.id
-                if event.kind == END:
+        if follower is None:
+            follower = self.follower()
+        try:
+            job = Job(self, self.core.check_job_id(job_id))
+            cursor = check_event_id(after)
+            key = self.core.keys.chunks(job.id)
+            reader = self._follow_client()
+            ended = None
+            while True:
+                for attempt in self._attempts():
+                    with attempt:
+                        reply = reader.xread(
+                            {key: cursor},
+                            count=STREAM_READ_COUNT,
+                            block=None if ended is not None else STREAM_BLOCK_MS,
+                        )
+                events = events_of(job.id, reply)
+                for event in events:
+                    cursor = event.id
+                    if event.kind == END:
+                        if ends:
+                            yield event
+                        elif event.status != JobStatus.DONE:
+                            status = JobStatus(event.status or JobStatus.FAILED)
+                            raise job_error(job.id, status, event.error, None)
+                        return
+                    yield event
+                if events:
+                    continue
+                if ended is not None:
+                    # Ended with no end entry: never streamed (or it ended before a worker ran it).
+                    done = ended.status is JobStatus.DONE
+                    if cursor == "0" and done:
+                        yield StreamEvent(job.id, "", CHUNK, decode_result(ended.outcome()), 0)
                     if ends:
-                        yield event
-                    elif event.status != JobStatus.DONE:
-                        status = JobStatus(event.status or JobStatus.FAILED)
-                        raise job_error(job.id, status, event.error, None)
+                        error = None if done else ended.value.decode(errors="replace")
+                        yield StreamEvent(job.id, "", END, status=str(ended.status), error=error)
+                    elif not done:
+                        raise ended.error()
                     return
-                yield event
-            if events:
-                continue
-            if ended is not None:
-                # Ended with no end entry: never streamed (or it ended before a worker ran it).
-                done = ended.status is JobStatus.DONE
-                if cursor == "0" and done:
-                    yield StreamEvent(job.id, "", CHUNK, decode_result(ended.outcome()), 0)
-                if ends:
-                    error = None if done else ended.value.decode(errors="replace")
-                    yield StreamEvent(job.id, "", END, status=str(ended.status), error=error)
-                elif not done:
-                    raise ended.error()
-                return
-            snapshot = job.snapshot()
-            if snapshot.status.finished:
-                ended = snapshot  # read once more, without blocking: what it wrote last
+                snapshot = job.snapshot()
+                if snapshot.status.finished:
+                    ended = snapshot  # read once more, without blocking: what it wrote last
+        finally:
+            follower.release()
 
     def job(self, job_id: str) -> Job:
         """A handle on an existing job (UnknownJob if there is none)."""

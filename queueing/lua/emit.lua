@@ -8,7 +8,8 @@
 -- Chunk stream entries (field k): chunk (seq, a: attempt, data: JSON) | restart (a: the
 -- attempt that starts over: readers drop what earlier attempts wrote) | end (status, and
 -- error unless done). The stream lives `ttl` seconds after its last write while the job
--- runs, and as long as the job's record once it has ended.
+-- runs; an end written here gives it the job's record's TTL. (A job that ends elsewhere:
+-- dead-lettered, expired, cancelled while queued, gets no end, and keeps the running TTL.)
 --
 -- Answers per item: 'ok', 'fenced', or the status of a job no longer live (cancelled while it
 -- streamed, say): its entry is acked and its stream ended; stop running it.

@@ -1,19 +1,25 @@
 """Streamed outputs over HTTP (Server-Sent Events), through a real gateway and real workers:
 ids per chunk, resumption with Last-Event-ID, a disconnect that cancels nothing, cancel
-mid-stream, and a pipeline that does not stream."""
+mid-stream, a pipeline that does not stream; open streams that never starve the gateway's
+other traffic, their bound (429), and a Last-Event-ID that is no event id (422)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from api.auth import digest
+from queueing.connection import ASYNC_POOL_SIZE
+from queueing.keys import Keys
 from queueing.settings import Settings
 from tests.api.conftest import LiveGateway
 from tests.conftest import start_worker
@@ -163,6 +169,92 @@ def test_events_of_an_unknown_job_or_a_bad_last_event_id_are_refused(http: httpx
     bad = http.get("/v1/jobs/0-" + "0" * 32 + "/events", headers={"Last-Event-ID": "x"})
     assert bad.status_code == 422
     assert http.post("/v1/pipelines/nope/stream", json={"input": 1}).status_code == 404
+
+
+def test_a_last_event_id_redis_would_refuse_is_422_before_the_stream_starts(
+    http: httpx.Client,
+) -> None:
+    """Parts over 2**64-1 fit the header's pattern (20 digits) but are no stream id."""
+    job = http.post("/v1/pipelines/t_gen/jobs", json={"input": {"x": 1, "n": 1}}).json()
+    for last in ("99999999999999999999-0", "0-18446744073709551616", "18446744073709551616"):
+        answer = http.get(job["url"] + "/events", headers={"Last-Event-ID": last})
+        assert answer.status_code == 422, answer.text
+        body = answer.json()
+        assert body["error"] == "invalid_input"
+        assert "Last-Event-ID" in body["message"]
+        assert body["errors"][0]["where"] == "header.last-event-id"
+    http.delete(job["url"])  # (ended: a valid cursor's reader stops at once)
+    for last in ("18446744073709551615-18446744073709551615", "18446744073709551615"):
+        assert [e.kind for e in follow(http, job["id"], last=last)] == ["end"]
+
+
+def wait_for_blocked_reads(r: redis.Redis, count: int) -> None:
+    """Until Redis has ``count`` connections whose last command was XREAD (the followers'
+    reads, each blocking up to a second at a time)."""
+    limit = time.monotonic() + 60
+    while sum(1 for c in r.client_list() if c.get("cmd") == "xread") < count:
+        assert time.monotonic() < limit, "the followers did not start reading"
+        time.sleep(0.05)
+
+
+def test_open_streams_never_starve_submits_polls_or_health_checks(
+    stream_settings: Settings,
+    register: Callable[[Settings], None],
+    start_gateway: Callable[[Settings], LiveGateway],
+    redis_client: redis.Redis,
+) -> None:
+    """More open streams than the main pool has connections: the gateway still serves."""
+    followers = ASYNC_POOL_SIZE + 8
+    settings = stream_settings.replace(max_streams=followers + 2)
+    register(settings)
+    gateway = start_gateway(settings)
+    limits = httpx.Limits(max_connections=followers + 8)
+    with (
+        httpx.Client(base_url=gateway.url, timeout=60, limits=limits) as http,
+        contextlib.ExitStack() as streams,
+    ):
+        job = http.post("/v1/pipelines/t_gen/jobs", json={"input": {"x": 1, "n": 1}}).json()
+        for _ in range(followers):  # (no worker: each stays open, waiting for a chunk)
+            response = streams.enter_context(http.stream("GET", job["url"] + "/events"))
+            assert response.status_code == 200
+        wait_for_blocked_reads(redis_client, followers)
+        submitted = http.post("/v1/pipelines/t_gen/jobs", json={"input": {"x": 2, "n": 1}})
+        assert submitted.status_code == 202, submitted.text
+        polled = http.get(submitted.json()["url"])
+        assert polled.status_code == 200, polled.text
+        assert polled.json()["status"] == "queued"
+        assert http.get("/readyz").status_code == 200
+        # One more stream is still taken (the bound is above what is open).
+        with http.stream(
+            "POST", "/v1/pipelines/t_gen/stream", json={"input": {"x": 3, "n": 1}}
+        ) as more:
+            assert more.status_code == 200
+
+
+def test_past_max_streams_a_stream_is_429_and_nothing_is_submitted(
+    stream_settings: Settings,
+    register: Callable[[Settings], None],
+    start_gateway: Callable[[Settings], LiveGateway],
+    redis_client: redis.Redis,
+) -> None:
+    settings = stream_settings.replace(max_streams=2)
+    register(settings)
+    gateway = start_gateway(settings)
+    stream_key = Keys(settings.prefix).stream(0, "t_gen.model", "normal")
+    with gateway.client() as http, contextlib.ExitStack() as streams:
+        job = http.post("/v1/pipelines/t_gen/jobs", json={"input": {"x": 1, "n": 1}}).json()
+        for _ in range(2):
+            response = streams.enter_context(http.stream("GET", job["url"] + "/events"))
+            assert response.status_code == 200
+        queued = redis_client.xlen(stream_key)
+        refused = http.post("/v1/pipelines/t_gen/stream", json={"input": {"x": 2, "n": 1}})
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"] == "too_many_streams"
+        assert int(refused.headers["retry-after"]) >= 1
+        assert redis_client.xlen(stream_key) == queued  # nothing was submitted
+        again = http.get(job["url"] + "/events")
+        assert again.status_code == 429
+        assert again.headers["content-type"].startswith("application/json")
 
 
 def test_a_stream_stays_open_at_most_max_wait_s_then_says_timeout(

@@ -1,22 +1,25 @@
 """EMIT, driven by hand (StageQueue + ChunkWriter): a step repeated after a lost reply writes
 nothing twice, an end is written once with the job's result, a claimed entry is fenced, a
-re-run starts with one restart entry, a cancelled job's stream ends as cancelled."""
+re-run starts with one restart entry, a cancelled job's stream ends as cancelled. Readers:
+a cursor that is no event id is refused with our error, and a client's followers are bounded
+(past the bound nothing is submitted) and read on their own pool."""
 
 from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import redis
 
 from queueing.chunks import ChunkWriter, StreamEvent
 from queueing.client import AsyncClient, Client
-from queueing.errors import JobCancelled
+from queueing.errors import InvalidEventId, JobCancelled, TooManyStreams
 from queueing.keys import Keys
 from queueing.scripts import Emitted
 from queueing.settings import Settings
 from queueing.streams import Delivery
 
-from .helpers import job_of, read_all, record, register, run, stage_queue, submit
+from .helpers import job_keys, job_of, read_all, record, register, run, stage_queue, submit
 
 KEYS = Keys()
 STAGE = "echo.run"
@@ -142,3 +145,50 @@ def test_a_job_cancelled_mid_stream_is_stopped_acked_and_its_stream_ended(
         else:
             raise AssertionError("the reader did not raise JobCancelled")
     assert [e.value for e in read] == [1]
+
+
+def test_a_cursor_that_is_no_event_id_raises_invalid_event_id(
+    redis_client: redis.Redis, settings: Settings
+) -> None:
+    register(redis_client, settings)
+    [job_id] = submit(settings, "echo", {"n": 1})
+    bad = ["junk", "", "1-", "-1", "1-2-3", "18446744073709551616", "0-18446744073709551616"]
+    bad += ["99999999999999999999-0", " 1", "1\n"]
+    with Client(settings) as client:
+        for after in bad:
+            with pytest.raises(InvalidEventId, match="invalid event id"):
+                next(client.events(job_id, after=after))
+        assert client.following == 0  # (each refused reader gave its place back)
+        # The largest ids Redis takes are taken: nothing follows them but the job's end.
+        client.cancel(job_id)
+        for after in ("18446744073709551615", "18446744073709551615-18446744073709551615"):
+            read = list(client.events(job_id, after=after, ends=True))
+            assert [(e.kind, e.status) for e in read] == [("end", "cancelled")]
+
+
+def test_followers_are_bounded_and_past_the_bound_nothing_is_submitted(
+    redis_client: redis.Redis, settings: Settings
+) -> None:
+    register(redis_client, settings)
+    with Client(settings.replace(max_streams=2)) as client:
+        [job_id] = submit(settings, "echo", {"n": 1})
+        held = client.follower()
+        reader = client.events(job_id)
+        client.cancel(job_id)  # (so the reader ends: its stream has no end entry)
+        with pytest.raises(JobCancelled):
+            next(reader)
+        assert client.following == 1  # the reader gave its place back as it ended
+        other = client.follower()
+        assert client.following == 2
+        with pytest.raises(TooManyStreams, match="BATCHLINE_MAX_STREAMS"):
+            next(client.stream("echo", {"n": 2}))
+        with pytest.raises(TooManyStreams):
+            next(client.events(job_id))
+        assert len(job_keys(redis_client, settings)) == 1  # nothing was submitted
+        held.release()
+        other.release()
+        held.release()  # (again: nothing)
+        assert client.following == 0
+        # The blocking reads went through the followers' own pool, not the main one.
+        assert client._follow_redis is not None
+        assert client._follow_redis is not client.redis
