@@ -58,9 +58,9 @@ from queueing.jobs import StageTiming
 from queueing.message import dumps
 from queueing.scripts import Emitted
 from queueing.settings import Settings
-from queueing.streams import StageQueue
+from queueing.streams import DeliveryKey, StageQueue
 from workers.batching import BatchedHandler
-from workers.loop import StageLoop, _describe, _Item
+from workers.loop import StageLoop, _Batch, _describe, _Item
 from workers.stage import Stage
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,10 @@ class StreamingLoop(StageLoop):
         """Positions in the generator's batch of items stopped since its last step (cancelled,
         or claimed by another worker): sent to it as the value of its ``yield``."""
         self._started = False
-        self._suspects: set[str] = set()
+        self._suspects: set[DeliveryKey] = set()
+        """The suspects taken and not yet ended (see :meth:`StageLoop._recover`)."""
+        self._deferred: _Batch | None = None
+        """A batch of suspects taken while other items ran: it starts once they have ended."""
 
     @property
     def continuous(self) -> bool:
@@ -133,18 +136,23 @@ class StreamingLoop(StageLoop):
     async def _consume(self) -> None:
         closed = False
         while True:
-            if not closed and self._wants_more():
+            if self._deferred is not None and not self.running:
+                batch, self._deferred = self._deferred, None
+                await self._start_batch(batch)
+            elif not closed and self._wants_more():
                 closed = await self._take_batch(block=not self.running)
             self._refill()
             if self.running:
                 await self._step()
-            elif closed and not self.waiting:
+            elif closed and not self.waiting and self._deferred is None:
                 return
 
     def _wants_more(self) -> bool:
         """Whether to take a batch from the read loop now: when nothing runs (waiting for
-        one), or, continuous, when there is room and nothing waits (without waiting)."""
-        if self.waiting:
+        one), or, continuous, when there is room and nothing waits (without waiting). Never
+        while suspects run or wait for the running items to end: a suspect's crash must take
+        down no other item (see :meth:`StageLoop._recover`)."""
+        if self.waiting or self._suspects or self._deferred is not None:
             return False
         if not self.running:
             return True
@@ -158,15 +166,23 @@ class StreamingLoop(StageLoop):
         batch = await self._inbox.get()
         if batch is None:
             return True
+        if batch.suspect and self.running:
+            # Suspects do not join running items: they start once those have ended.
+            self._deferred = batch
+            return False
+        await self._start_batch(batch)
+        return False
+
+    async def _start_batch(self, batch: _Batch) -> None:
+        """Admit a batch from the read loop: its items wait for a place."""
         outcomes, items = await self.admit(batch.deliveries)
         await self.finish(outcomes)
         self.waiting.extend(items)
         if batch.suspect:
             # The read loop reads nothing more until these have run (see _put_recovered).
-            self._suspects.update(item.delivery.entry_id for item in items)
+            self._suspects.update(item.delivery.key for item in items)
             if not self._suspects:
                 self._suspects_ran.set()
-        return False
 
     def _refill(self) -> None:
         """Waiting items join the running batch: in a new batch when none runs; continuous,
@@ -217,7 +233,7 @@ class StreamingLoop(StageLoop):
                 continue
             self.running.remove(r)
             self.held.pop(r.item.delivery.key, None)
-            self._suspects.discard(r.item.delivery.entry_id)
+            self._suspects.discard(r.item.delivery.key)
             if answer == "ok":
                 self.processed += 1
                 continue
