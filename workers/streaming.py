@@ -46,10 +46,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import sys
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,7 +58,7 @@ from queueing.scripts import Emitted
 from queueing.settings import Settings
 from queueing.streams import DeliveryKey, StageQueue
 from workers.batching import BatchedHandler
-from workers.loop import StageLoop, _Batch, _describe, _Item
+from workers.loop import StageLoop, _Batch, _describe, _Item, in_model_thread
 from workers.stage import Stage
 
 log = logging.getLogger(__name__)
@@ -258,7 +256,7 @@ class StreamingLoop(StageLoop):
                 outputs = await self.handler.call_raw(slots)
             else:
                 call = self.handler.call_raw
-                outputs = await loop.run_in_executor(self._executor, _in_model_thread, call, slots)
+                outputs = await loop.run_in_executor(self._executor, in_model_thread, call, slots)
             return self.handler.check(slots, outputs)
         # The first step starts the generator (sends None); each later one sends the
         # positions of the items stopped since (most generators ignore it: `yield [...]`).
@@ -271,7 +269,7 @@ class StreamingLoop(StageLoop):
                 step = _FINISHED
         else:
             step = await loop.run_in_executor(
-                self._executor, _in_model_thread, _send, self._generator, gone
+                self._executor, in_model_thread, _send, self._generator, gone
             )
         if step is _FINISHED:
             return [StopIteration] * len(running)
@@ -321,16 +319,6 @@ class StreamingLoop(StageLoop):
                 await loop.run_in_executor(self._executor, generator.close)
         except Exception as exc:  # (its items have their outcomes already)
             log.warning("stage %s: closing the batch's generator raised %r", self.stage.name, exc)
-
-
-def _in_model_thread(fn: Callable[..., Any], *args: Any) -> Any:
-    """Run one step of a sync handler in the model thread, under torch.inference_mode when
-    torch is used (as :func:`workers.loop._call_sync` runs a batch)."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return fn(*args)
-    with torch.inference_mode():
-        return fn(*args)
 
 
 def _send(generator: Any, value: Any) -> Any:

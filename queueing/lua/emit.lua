@@ -21,14 +21,7 @@ local stream, stats = KEYS[1], KEYS[2]
 local group, consumer, now, ttl, stage = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local lowest, highest, n_items = ARGV[6], ARGV[7], tonumber(ARGV[8])
 
-local held = {}
-local range = redis.call('XPENDING', stream, group, lowest, highest, n_items + 1000, consumer)
-for _, p in ipairs(range) do held[p[1]] = true end
-local range_full = #range == n_items + 1000
-local function is_held(entry)
-  if held[entry] then return true end
-  return range_full and #redis.call('XPENDING', stream, group, entry, entry, 1, consumer) > 0
-end
+local is_held = fence(stream, group, consumer, lowest, highest, n_items)
 
 -- The last entry of a chunk stream as a table of its fields (empty if there is none).
 local function last_entry(chunks)
@@ -96,11 +89,7 @@ for i = 1, n_items do
     end
   end
 end
-for first = 1, #acked, 1000 do
-  local slice = {unpack(acked, first, math.min(first + 999, #acked))}
-  redis.call('XACK', stream, group, unpack(slice))
-  redis.call('XDEL', stream, unpack(slice))
-end
+ack_all(stream, group, acked)
 for what, n in pairs(tally) do count(stats, stage, what, n) end
 flush_notices()
 return answers

@@ -84,3 +84,26 @@ local function reader(first)
     return ARGV[at]
   end, function() return at < #ARGV end
 end
+
+-- The fence of FINISH and EMIT, for a whole batch at once: a function that says whether an
+-- entry is pending on this consumer (not claimed by another since it was read).
+local function fence(stream, group, consumer, lowest, highest, n_items)
+  local held, limit = {}, n_items + 1000
+  local range = redis.call('XPENDING', stream, group, lowest, highest, limit, consumer)
+  for _, p in ipairs(range) do held[p[1]] = true end
+  local full = #range == limit
+  return function(entry)
+    if held[entry] then return true end
+    -- (only if the consumer holds more than was listed in that range)
+    return full and #redis.call('XPENDING', stream, group, entry, entry, 1, consumer) > 0
+  end
+end
+
+-- One XACK and one XDEL for a batch's entries (in slices: Lua's unpack has a stack limit).
+local function ack_all(stream, group, entries)
+  for first = 1, #entries, 1000 do
+    local slice = {unpack(entries, first, math.min(first + 999, #entries))}
+    redis.call('XACK', stream, group, unpack(slice))
+    redis.call('XDEL', stream, unpack(slice))
+  end
+end
