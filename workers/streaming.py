@@ -223,7 +223,9 @@ class StreamingLoop(StageLoop):
             self._emitted(r, output, elapsed) for r, output in zip(running, outputs, strict=True)
         ]
         streams = [(r.item.delivery.partition, r.item.delivery.lane) for r in running]
-        answers = await self._persist("emit", lambda: self.writer.emit(streams, steps))
+        # (one time for every try: a retry knows the ends it wrote before by it)
+        now = time.time()
+        answers = await self._persist("emit", lambda: self.writer.emit(streams, steps, now=now))
         suspects = bool(self._suspects)
         for r, step, answer in zip(running, steps, answers, strict=True):
             r.first = False
@@ -232,7 +234,7 @@ class StreamingLoop(StageLoop):
             self.running.remove(r)
             self.held.pop(r.item.delivery.key, None)
             self._suspects.discard(r.item.delivery.key)
-            if answer == "ok":
+            if answer in ("ok", "ended"):  # (ended: a retry's answer for its own end)
                 self.processed += 1
                 continue
             self._gone.add(r.position)

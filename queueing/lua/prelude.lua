@@ -3,8 +3,8 @@
 -- A job's hash: status, pipeline, stage, created_at, reply (the waiters' channels), entry (its
 -- current stream entry: '' while a fan-out's branches are in flight), started_at, timings (the
 -- stages' timing objects, comma-joined), a:<stage> (attempts), ttl (seconds it is kept once
--- ended, if not the default), then result or error, finished_at and final_stage once it has
--- ended.
+-- ended, if not the default), requeued (how often it was requeued from the dead letters), then
+-- result or error, finished_at and final_stage once it has ended.
 
 local LIVE = {queued = true, running = true}
 local notices = {}
