@@ -94,7 +94,5 @@ for i = 1, n_items do
     end
   end
 end
-ack_all(stream, group, acked)
-for what, n in pairs(tally) do count(stats, stage, what, n) end
-flush_notices()
+settle(stream, group, acked, stats, stage, tally)
 return answers

@@ -99,11 +99,14 @@ local function fence(stream, group, consumer, lowest, highest, n_items)
   end
 end
 
--- One XACK and one XDEL for a batch's entries (in slices: Lua's unpack has a stack limit).
-local function ack_all(stream, group, entries)
-  for first = 1, #entries, 1000 do
-    local slice = {unpack(entries, first, math.min(first + 999, #entries))}
+-- The end of FINISH and EMIT: one XACK and one XDEL for the batch's entries that are done with
+-- (in slices: Lua's unpack has a stack limit), its tally counted, the waiters woken.
+local function settle(stream, group, acked, stats, stage, tally)
+  for first = 1, #acked, 1000 do
+    local slice = {unpack(acked, first, math.min(first + 999, #acked))}
     redis.call('XACK', stream, group, unpack(slice))
     redis.call('XDEL', stream, unpack(slice))
   end
+  for what, n in pairs(tally) do count(stats, stage, what, n) end
+  flush_notices()
 end
