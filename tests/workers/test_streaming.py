@@ -22,6 +22,7 @@ from tests.queueing.helpers import job_of, read_all, record, run, stage_queue, s
 from tests.queueing.helpers import register as register_spec
 from tests.support import KEYS, Workers, register, stat, wait_finished, wait_until
 from tests.workers.streaming_pipelines import STEPS, t_agen, t_cont, t_gen, t_static
+from tests.workers.test_recovery import _supervise
 from workers.batching import batch
 from workers.loop import _Batch
 from workers.stage import Stage
@@ -336,3 +337,30 @@ def test_continuous_suspects_wait_for_the_running_items_and_run_alone(
     assert seen.index([1]) > max(i for i, s in enumerate(seen) if 0 in s), seen
     assert record(redis_client, settings, good_id).result == [{"i": i} for i in range(4)]
     assert record(redis_client, settings, poison_id).result == [{"i": 0}]
+
+
+def test_a_poison_suspect_crashes_the_worker_without_the_items_streaming_beside_it(
+    stream_settings: Settings, client: Client, workers: Workers, redis_client: redis.Redis
+) -> None:
+    """A dead consumer left a poison entry started once of two attempts: claimed while a long
+    item streams, it waits for that item to end and then runs alone, so its crash costs the
+    long item nothing (no second attempt, no restart of its stream)."""
+    settings = stream_settings.replace(max_deliveries=2, sandbox=False)
+    register(settings, t_cont)
+    stage = "t_cont.model"
+    poison = client.submit("t_cont", {"x": 9, "n": 1, "kill": True})
+
+    async def die_holding_it() -> None:
+        async with stage_queue(settings, stage, "dead") as queue:
+            [delivery] = await read_all(queue, 1)
+            await queue.start([(delivery, poison.id)])  # attempt 1 of 2, never finished
+
+    run(die_holding_it())
+    good = client.submit("t_cont", {"x": 0, "n": 30, "sleep": 0.1})
+    records, deaths = _supervise(workers, stage, [good, poison], settings, timeout=45, max_starts=4)
+    assert records[0].result == chunks(30, 0)
+    assert deaths == [-signal.SIGKILL], "the poison entry should kill one worker, once"
+    assert [e.kind for e in client.events(good.id)].count("restart") == 0
+    assert redis_client.hget(KEYS.job(good.id), f"a:{stage}") == b"1"
+    with pytest.raises(JobFailed, match="dead-lettered"):
+        poison.result(timeout=1)
