@@ -6,8 +6,9 @@ A reader sees :class:`StreamEvent` s, each with its stream entry id (the cursor 
 after):
 
 - ``chunk``: the item's next output (``seq`` counts from 0 within an attempt);
-- ``restart``: the job is being run again (its worker died mid-stream, and another claimed
-  it): drop the chunks read so far, the new attempt's follow from seq 0;
+- ``restart``: the job is being run again (its worker died mid-stream and another claimed
+  it, or it was requeued from the dead letters): drop the chunks read so far, the new run's
+  follow from seq 0;
 - ``end``: the job has ended (``status``, and ``error`` unless done): nothing follows.
 
 Readers are bounded per client (:class:`Followers`, ``BATCHLINE_MAX_STREAMS``), and their
@@ -200,23 +201,32 @@ class ChunkWriter:
             self.keys.chunks(job_id),
         )
 
-    async def emit(self, streams: Sequence[tuple[int, str]], items: Sequence[Emitted]) -> list[str]:
+    async def emit(
+        self,
+        streams: Sequence[tuple[int, str]],
+        items: Sequence[Emitted],
+        *,
+        now: float | None = None,
+    ) -> list[str]:
         """Write one step of every item (each read from the stage's stream in its partition and
         priority lane, ``streams[i]``): per item 'ok', 'fenced' (another consumer holds it now:
-        stop, write nothing more) or the status of a job that ended meanwhile (cancelled:
-        stop)."""
+        stop, write nothing more), 'ended' (its end was written by this very step: a retry
+        after a lost reply) or the status of a job that ended meanwhile (cancelled: stop).
+
+        ``now``: when the step ended (default: now). A retry must pass the first try's: the
+        script knows an end as the step's own by it."""
         answers = ["fenced"] * len(items)
         by_stream: dict[tuple[int, str], list[int]] = defaultdict(list)
         for index, stream in enumerate(streams):
             by_stream[stream].append(index)
-        now = repr(time.time())
+        stamp = repr(time.time() if now is None else now)
         for (partition, lane), indexes in by_stream.items():
             keys, args = emit_call(
                 self.keys.stream(partition, self.stage, lane),
                 self.keys.stats(partition),
                 group=Keys.group(self.stage),
                 consumer=self.consumer,
-                now=now,
+                now=stamp,
                 ttl=int(self.settings.result_ttl_s),
                 stage=self.stage,
                 items=[items[i] for i in indexes],

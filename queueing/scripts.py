@@ -72,6 +72,15 @@ def entry_range(entry_ids: Sequence[str]) -> tuple[str, str]:
     return min(entry_ids, key=_entry_order), max(entry_ids, key=_entry_order)
 
 
+def fenced_args(
+    group: str, consumer: str, now: str, ttl: int, stage: str, entry_ids: Sequence[str]
+) -> list[Any]:
+    """The ARGV head of a fenced script (FINISH, EMIT: prelude.lua's ``fence``): group,
+    consumer, now, ttl, stage, the lowest and highest entry id, the number of items."""
+    lowest, highest = entry_range(entry_ids)
+    return [group, consumer, now, ttl, stage, lowest, highest, len(entry_ids)]
+
+
 # -- SUBMIT ------------------------------------------------------------------------------------
 
 SUBMIT = load("submit")
@@ -210,8 +219,7 @@ def finish_call(
             slots[key] = len(keys)
         return slots[key]
 
-    lowest, highest = entry_range([item.entry_id for item in items])
-    args: list[Any] = [group, consumer, now, ttl, stage, lowest, highest, len(items)]
+    args = fenced_args(group, consumer, now, ttl, stage, [item.entry_id for item in items])
     for item in items:
         args += [item.entry_id, item.job_id, item.kind, item.value, item.timing, item.deadline]
         if item.kind == Kind.NEXT:
@@ -319,8 +327,7 @@ def emit_call(
     items: Sequence[Emitted],
 ) -> Call:
     keys = [stream, stats]
-    lowest, highest = entry_range([item.entry_id for item in items])
-    args: list[Any] = [group, consumer, now, ttl, stage, lowest, highest, len(items)]
+    args = fenced_args(group, consumer, now, ttl, stage, [item.entry_id for item in items])
     for item in items:
         keys += [item.job_key, item.chunks_key]
         args += [

@@ -511,13 +511,18 @@ class StageLoop:
             await self.activity.publish(self.queue.redis, self.queue.keys)
 
 
-def _call_sync(handler: BatchedHandler[Any], values: list[Any]) -> list[Any]:
-    """Run a sync handler in the model thread, under torch.inference_mode when torch is used."""
+def in_model_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Call model code (in the model thread), under torch.inference_mode when torch is used."""
     torch = sys.modules.get("torch")
     if torch is None:
-        return handler.call_batch_sync(values)
+        return fn(*args)
     with torch.inference_mode():
-        return handler.call_batch_sync(values)
+        return fn(*args)
+
+
+def _call_sync(handler: BatchedHandler[Any], values: list[Any]) -> list[Any]:
+    """Run a sync handler's batch in the model thread."""
+    return in_model_thread(handler.call_batch_sync, values)
 
 
 def _describe(exc: BaseException) -> str:

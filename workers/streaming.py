@@ -46,10 +46,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import sys
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,9 +56,9 @@ from queueing.jobs import StageTiming
 from queueing.message import dumps
 from queueing.scripts import Emitted
 from queueing.settings import Settings
-from queueing.streams import StageQueue
+from queueing.streams import DeliveryKey, StageQueue
 from workers.batching import BatchedHandler
-from workers.loop import StageLoop, _describe, _Item
+from workers.loop import StageLoop, _Batch, _describe, _Item, in_model_thread
 from workers.stage import Stage
 
 log = logging.getLogger(__name__)
@@ -124,7 +122,10 @@ class StreamingLoop(StageLoop):
         """Positions in the generator's batch of items stopped since its last step (cancelled,
         or claimed by another worker): sent to it as the value of its ``yield``."""
         self._started = False
-        self._suspects: set[str] = set()
+        self._suspects: set[DeliveryKey] = set()
+        """The suspects taken and not yet ended (see :meth:`StageLoop._recover`)."""
+        self._deferred: _Batch | None = None
+        """A batch of suspects taken while other items ran: it starts once they have ended."""
 
     @property
     def continuous(self) -> bool:
@@ -133,18 +134,23 @@ class StreamingLoop(StageLoop):
     async def _consume(self) -> None:
         closed = False
         while True:
-            if not closed and self._wants_more():
+            if self._deferred is not None and not self.running:
+                batch, self._deferred = self._deferred, None
+                await self._start_batch(batch)
+            elif not closed and self._wants_more():
                 closed = await self._take_batch(block=not self.running)
             self._refill()
             if self.running:
                 await self._step()
-            elif closed and not self.waiting:
+            elif closed and not self.waiting and self._deferred is None:
                 return
 
     def _wants_more(self) -> bool:
         """Whether to take a batch from the read loop now: when nothing runs (waiting for
-        one), or, continuous, when there is room and nothing waits (without waiting)."""
-        if self.waiting:
+        one), or, continuous, when there is room and nothing waits (without waiting). Never
+        while suspects run or wait for the running items to end: a suspect's crash must take
+        down no other item (see :meth:`StageLoop._recover`)."""
+        if self.waiting or self._suspects or self._deferred is not None:
             return False
         if not self.running:
             return True
@@ -158,15 +164,23 @@ class StreamingLoop(StageLoop):
         batch = await self._inbox.get()
         if batch is None:
             return True
+        if batch.suspect and self.running:
+            # Suspects do not join running items: they start once those have ended.
+            self._deferred = batch
+            return False
+        await self._start_batch(batch)
+        return False
+
+    async def _start_batch(self, batch: _Batch) -> None:
+        """Admit a batch from the read loop: its items wait for a place."""
         outcomes, items = await self.admit(batch.deliveries)
         await self.finish(outcomes)
         self.waiting.extend(items)
         if batch.suspect:
             # The read loop reads nothing more until these have run (see _put_recovered).
-            self._suspects.update(item.delivery.entry_id for item in items)
+            self._suspects.update(item.delivery.key for item in items)
             if not self._suspects:
                 self._suspects_ran.set()
-        return False
 
     def _refill(self) -> None:
         """Waiting items join the running batch: in a new batch when none runs; continuous,
@@ -209,7 +223,9 @@ class StreamingLoop(StageLoop):
             self._emitted(r, output, elapsed) for r, output in zip(running, outputs, strict=True)
         ]
         streams = [(r.item.delivery.partition, r.item.delivery.lane) for r in running]
-        answers = await self._persist("emit", lambda: self.writer.emit(streams, steps))
+        # (one time for every try: a retry knows the ends it wrote before by it)
+        now = time.time()
+        answers = await self._persist("emit", lambda: self.writer.emit(streams, steps, now=now))
         suspects = bool(self._suspects)
         for r, step, answer in zip(running, steps, answers, strict=True):
             r.first = False
@@ -217,8 +233,8 @@ class StreamingLoop(StageLoop):
                 continue
             self.running.remove(r)
             self.held.pop(r.item.delivery.key, None)
-            self._suspects.discard(r.item.delivery.entry_id)
-            if answer == "ok":
+            self._suspects.discard(r.item.delivery.key)
+            if answer in ("ok", "ended"):  # (ended: a retry's answer for its own end)
                 self.processed += 1
                 continue
             self._gone.add(r.position)
@@ -242,7 +258,7 @@ class StreamingLoop(StageLoop):
                 outputs = await self.handler.call_raw(slots)
             else:
                 call = self.handler.call_raw
-                outputs = await loop.run_in_executor(self._executor, _in_model_thread, call, slots)
+                outputs = await loop.run_in_executor(self._executor, in_model_thread, call, slots)
             return self.handler.check(slots, outputs)
         # The first step starts the generator (sends None); each later one sends the
         # positions of the items stopped since (most generators ignore it: `yield [...]`).
@@ -255,7 +271,7 @@ class StreamingLoop(StageLoop):
                 step = _FINISHED
         else:
             step = await loop.run_in_executor(
-                self._executor, _in_model_thread, _send, self._generator, gone
+                self._executor, in_model_thread, _send, self._generator, gone
             )
         if step is _FINISHED:
             return [StopIteration] * len(running)
@@ -305,16 +321,6 @@ class StreamingLoop(StageLoop):
                 await loop.run_in_executor(self._executor, generator.close)
         except Exception as exc:  # (its items have their outcomes already)
             log.warning("stage %s: closing the batch's generator raised %r", self.stage.name, exc)
-
-
-def _in_model_thread(fn: Callable[..., Any], *args: Any) -> Any:
-    """Run one step of a sync handler in the model thread, under torch.inference_mode when
-    torch is used (as :func:`workers.loop._call_sync` runs a batch)."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return fn(*args)
-    with torch.inference_mode():
-        return fn(*args)
 
 
 def _send(generator: Any, value: Any) -> Any:

@@ -15,16 +15,7 @@ local stream, dead, stats = KEYS[1], KEYS[2], KEYS[3]
 local group, consumer, now, ttl, stage = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local lowest, highest, n_items = ARGV[6], ARGV[7], tonumber(ARGV[8])
 
--- The fence, for the whole batch at once: which of its entries are pending on this consumer.
-local held = {}
-local range = redis.call('XPENDING', stream, group, lowest, highest, n_items + 1000, consumer)
-for _, p in ipairs(range) do held[p[1]] = true end
-local range_full = #range == n_items + 1000
-local function is_held(entry)
-  if held[entry] then return true end
-  -- (only if the consumer holds more than was listed in that range)
-  return range_full and #redis.call('XPENDING', stream, group, entry, entry, 1, consumer) > 0
-end
+local is_held = fence(stream, group, consumer, lowest, highest, n_items)
 
 -- Hand the job on to the next stage(s), whose arguments start at ARGV[at].
 local function hand_on(job, job_id, state, value, timing, deadline, at)
@@ -103,12 +94,5 @@ for i = 1, n_items do
     end
   end
 end
--- One XACK and one XDEL for the batch (in slices: Lua's unpack has a stack limit).
-for first = 1, #acked, 1000 do
-  local slice = {unpack(acked, first, math.min(first + 999, #acked))}
-  redis.call('XACK', stream, group, unpack(slice))
-  redis.call('XDEL', stream, unpack(slice))
-end
-for what, n in pairs(tally) do count(stats, stage, what, n) end
-flush_notices()
+settle(stream, group, acked, stats, stage, tally)
 return answers

@@ -3,8 +3,8 @@
 -- A job's hash: status, pipeline, stage, created_at, reply (the waiters' channels), entry (its
 -- current stream entry: '' while a fan-out's branches are in flight), started_at, timings (the
 -- stages' timing objects, comma-joined), a:<stage> (attempts), ttl (seconds it is kept once
--- ended, if not the default), then result or error, finished_at and final_stage once it has
--- ended.
+-- ended, if not the default), requeued (how often it was requeued from the dead letters), then
+-- result or error, finished_at and final_stage once it has ended.
 
 local LIVE = {queued = true, running = true}
 local notices = {}
@@ -83,4 +83,30 @@ local function reader(first)
     at = at + 1
     return ARGV[at]
   end, function() return at < #ARGV end
+end
+
+-- The fence of FINISH and EMIT, for a whole batch at once: a function that says whether an
+-- entry is pending on this consumer (not claimed by another since it was read).
+local function fence(stream, group, consumer, lowest, highest, n_items)
+  local held, limit = {}, n_items + 1000
+  local range = redis.call('XPENDING', stream, group, lowest, highest, limit, consumer)
+  for _, p in ipairs(range) do held[p[1]] = true end
+  local full = #range == limit
+  return function(entry)
+    if held[entry] then return true end
+    -- (only if the consumer holds more than was listed in that range)
+    return full and #redis.call('XPENDING', stream, group, entry, entry, 1, consumer) > 0
+  end
+end
+
+-- The end of FINISH and EMIT: one XACK and one XDEL for the batch's entries that are done with
+-- (in slices: Lua's unpack has a stack limit), its tally counted, the waiters woken.
+local function settle(stream, group, acked, stats, stage, tally)
+  for first = 1, #acked, 1000 do
+    local slice = {unpack(acked, first, math.min(first + 999, #acked))}
+    redis.call('XACK', stream, group, unpack(slice))
+    redis.call('XDEL', stream, unpack(slice))
+  end
+  for what, n in pairs(tally) do count(stats, stage, what, n) end
+  flush_notices()
 end

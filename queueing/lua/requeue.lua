@@ -31,6 +31,8 @@ if state[1] ~= 'failed' or state[2] ~= stage then return {'ended', state[1], sta
 local entry = add_entry(stream, job_id, fields.data, now, fields.dl or '', fields.fmt or '')
 redis.call('HDEL', job, 'error', 'finished_at', 'final_stage', 'a:' .. stage)
 redis.call('HSET', job, 'status', 'queued', 'stage', stage, 'entry', entry)
+-- (a streamed job's next run restarts its chunk stream even if that stream has expired)
+redis.call('HINCRBY', job, 'requeued', 1)
 redis.call('PERSIST', job)
 if state[6] and state[6] ~= '' then redis.call('SADD', webhooks, job_id) end
 redis.call('XDEL', dead, dead_id)

@@ -7,17 +7,19 @@ a cursor that is no event id is refused with our error, and a client's followers
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 import redis
 
 from queueing.chunks import ChunkWriter, StreamEvent
 from queueing.client import AsyncClient, Client
+from queueing.deadletter import DeadLetters, Requeue
 from queueing.errors import InvalidEventId, JobCancelled, TooManyStreams
 from queueing.keys import Keys
-from queueing.scripts import Emitted
+from queueing.scripts import Emitted, Kind
 from queueing.settings import Settings
-from queueing.streams import Delivery
+from queueing.streams import Delivery, Outcome
 
 from .helpers import job_keys, job_of, read_all, record, register, run, stage_queue, submit
 
@@ -49,13 +51,15 @@ def test_a_repeated_step_writes_nothing_twice_and_the_end_once(
             second = step(writer, delivery, seq=1, data=b'"b"')
             end = step(writer, delivery, end="done", value=b'["a","b"]', timing=b"")
             answers = []
-            for emitted in (first, first, second, second, end, end):  # each reply "lost" once
-                answers.append(await writer.emit([(0, "normal")], [emitted]))
+            for emitted in (first, second, end):  # each reply "lost" once: tried twice
+                now = time.time()
+                for _ in range(2):
+                    answers.append(await writer.emit([(0, "normal")], [emitted], now=now))
             return answers
 
     answers = run(scenario())
     assert answers[:5] == [["ok"]] * 5
-    assert answers[5] == ["fenced"]  # its entry was acked by the first: a no-op
+    assert answers[5] == ["ended"]  # its entry was acked by the first: a no-op, its own end
     kinds = [(f[b"k"], f.get(b"seq")) for f in entries(redis_client, job_id)]
     assert kinds == [(b"chunk", b"0"), (b"chunk", b"1"), (b"end", None)]
     assert record(redis_client, settings, job_id).result == ["a", "b"]
@@ -192,3 +196,46 @@ def test_followers_are_bounded_and_past_the_bound_nothing_is_submitted(
         # The blocking reads went through the followers' own pool, not the main one.
         assert client._follow_redis is not None
         assert client._follow_redis is not client.redis
+
+
+@pytest.mark.parametrize("expired", [False, True], ids=["kept", "expired"])
+def test_a_requeued_run_restarts_the_stream_though_its_attempt_number_repeats(
+    redis_client: redis.Redis, settings: Settings, expired: bool
+) -> None:
+    """Requeued from the dead letters, a job counts its attempts from 1 again: its new run's
+    first write is a restart all the same (another input entry), also when the old run's
+    stream has expired meanwhile; repeated after a lost reply, it writes nothing twice."""
+    register(redis_client, settings)
+    [job_id] = submit(settings, "echo", {"n": 1})
+
+    async def scenario() -> list[list[str]]:
+        async with stage_queue(settings, STAGE) as queue:
+            [delivery] = await read_all(queue, 1)
+            await queue.start([(delivery, job_id)])  # attempt 1
+            writer = ChunkWriter(queue.redis, settings, STAGE, queue.consumer)
+            for seq, data in enumerate((b'"a"', b'"b"')):
+                await writer.emit(
+                    [(0, "normal")], [step(writer, delivery, first=seq == 0, seq=seq, data=data)]
+                )
+            await queue.finish([Outcome(delivery, job_id, Kind.DEAD, "poisoned")])
+            if expired:
+                await queue.redis.delete(KEYS.chunks(job_id))
+            letters = DeadLetters(queue.redis, settings)
+            letter = await letters.find(job_id)
+            assert letter is not None
+            assert (await letters.requeue(letter)).outcome is Requeue.REQUEUED
+            [again] = await read_all(queue, 1)
+            await queue.start([(again, job_id)])  # attempt 1 again
+            rerun = step(writer, again, first=True, seq=0, data=b'"c"')
+            return [await writer.emit([(0, "normal")], [rerun]) for _ in range(2)]
+
+    assert run(scenario()) == [["ok"], ["ok"]]
+    fields = entries(redis_client, job_id)
+    old = [] if expired else [(b"chunk", b"0", b"a"), (b"chunk", b"1", b"b")]
+    assert [(f[b"k"], f.get(b"seq"), f.get(b"data", b"")[1:-1]) for f in fields] == [
+        *old,
+        (b"restart", None, b""),
+        (b"chunk", b"0", b"c"),
+    ]
+    assert {f[b"a"] for f in fields} == {b"1"}
+    assert len({f[b"e"] for f in fields}) == (1 if expired else 2)

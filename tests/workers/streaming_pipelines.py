@@ -2,7 +2,8 @@
 
 Items are ``{"x": int, "n": int}``: an item streams ``n`` chunks ``{"x": x, "i": 0..n-1}``.
 Optional: ``"sleep": s`` per step (the longest of the step's items), ``"fail_at": i`` (the
-item's output at step i is an exception: that item fails, the others go on).
+item's output at step i is an exception: that item fails, the others go on), ``"kill": true``
+(the item's first step SIGKILLs the worker: a poison input).
 
 Each step is recorded in the test server: ``test:steps:<stage>`` gets one entry per step, the
 ``x`` of every item in it, comma-joined (so a test counts the steps each item ran, and sees
@@ -11,6 +12,8 @@ which items ran together)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from typing import Any
 
@@ -31,6 +34,8 @@ def record_step(stage_name: str, items: list[dict[str, Any]]) -> float:
 
 
 def output(item: dict[str, Any], step: int) -> Any:
+    if item.get("kill"):
+        os.kill(os.getpid(), signal.SIGKILL)
     if step >= int(item["n"]):
         return StopIteration
     if item.get("fail_at") == step:

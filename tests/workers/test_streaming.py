@@ -18,9 +18,15 @@ from queueing.client import AsyncClient, Client
 from queueing.errors import JobCancelled, JobFailed
 from queueing.jobs import JobStatus
 from queueing.settings import Settings
+from tests.queueing.helpers import job_of, read_all, record, run, stage_queue, submit
+from tests.queueing.helpers import register as register_spec
 from tests.support import KEYS, Workers, register, stat, wait_finished, wait_until
 from tests.workers.streaming_pipelines import STEPS, t_agen, t_cont, t_gen, t_static
+from tests.workers.test_recovery import _supervise
 from workers.batching import batch
+from workers.loop import _Batch
+from workers.stage import Stage
+from workers.streaming import Slot, StreamingLoop
 
 PIPELINES = ("tests.workers.streaming_pipelines",)
 
@@ -293,3 +299,68 @@ def test_streams_of_every_priority_lane_are_written_and_ended(
         for x, job in enumerate(jobs.values()):
             assert job.result(timeout=30) == chunks(3, x)
             assert [e.value for e in client.events(job.id)] == chunks(3, x)
+
+
+def test_continuous_suspects_wait_for_the_running_items_and_run_alone(
+    redis_client: redis.Redis, settings: Settings
+) -> None:
+    """A batch of suspects (recovered entries, one of which may crash the worker) taken while
+    an item streams does not join it: the running item ends first, then the suspect runs
+    alone, and nothing else is taken until it has ended. (In process, the loop fed by hand:
+    the ordering, not the crash.)"""
+    seen: list[list[int]] = []
+
+    @batch(max_batch_size=4, continuous=True)
+    def step(slots: list[Slot]) -> list[Any]:
+        seen.append([s.input["x"] for s in slots])
+        return [{"i": s.steps} if s.steps < s.input["n"] else StopIteration for s in slots]
+
+    register_spec(redis_client, settings, "susp", ("model",))
+    good_id, poison_id = submit(settings, "susp", {"x": 0, "n": 4}, {"x": 1, "n": 1})
+
+    async def scenario() -> None:
+        async with stage_queue(settings, "susp.model") as queue:
+            by_job = {job_of(d): d for d in await read_all(queue, 2)}
+            stage = Stage("susp.model", step)
+            loop = StreamingLoop(stage, stage.load("cpu"), queue, settings)
+
+            async def feed() -> None:
+                await loop._inbox.put(_Batch([by_job[good_id]]))
+                await loop._inbox.put(_Batch([by_job[poison_id]], suspect=True))
+                await loop._suspects_ran.wait()
+                await loop._inbox.put(None)
+
+            await asyncio.gather(loop._consume(), feed())
+
+    run(scenario())
+    assert all(not {0, 1} <= set(s) for s in seen), f"a suspect joined a running item: {seen}"
+    assert seen.index([1]) > max(i for i, s in enumerate(seen) if 0 in s), seen
+    assert record(redis_client, settings, good_id).result == [{"i": i} for i in range(4)]
+    assert record(redis_client, settings, poison_id).result == [{"i": 0}]
+
+
+def test_a_poison_suspect_crashes_the_worker_without_the_items_streaming_beside_it(
+    stream_settings: Settings, client: Client, workers: Workers, redis_client: redis.Redis
+) -> None:
+    """A dead consumer left a poison entry started once of two attempts: claimed while a long
+    item streams, it waits for that item to end and then runs alone, so its crash costs the
+    long item nothing (no second attempt, no restart of its stream)."""
+    settings = stream_settings.replace(max_deliveries=2, sandbox=False)
+    register(settings, t_cont)
+    stage = "t_cont.model"
+    poison = client.submit("t_cont", {"x": 9, "n": 1, "kill": True})
+
+    async def die_holding_it() -> None:
+        async with stage_queue(settings, stage, "dead") as queue:
+            [delivery] = await read_all(queue, 1)
+            await queue.start([(delivery, poison.id)])  # attempt 1 of 2, never finished
+
+    run(die_holding_it())
+    good = client.submit("t_cont", {"x": 0, "n": 30, "sleep": 0.1})
+    records, deaths = _supervise(workers, stage, [good, poison], settings, timeout=45, max_starts=4)
+    assert records[0].result == chunks(30, 0)
+    assert deaths == [-signal.SIGKILL], "the poison entry should kill one worker, once"
+    assert [e.kind for e in client.events(good.id)].count("restart") == 0
+    assert redis_client.hget(KEYS.job(good.id), f"a:{stage}") == b"1"
+    with pytest.raises(JobFailed, match="dead-lettered"):
+        poison.result(timeout=1)
