@@ -52,6 +52,7 @@ from typing import Any
 
 from queueing.errors import ConfigError
 from queueing.keys import Keys
+from queueing.lanes import LANES
 from queueing.settings import Settings
 
 IMAGE = "batchline:cpu"
@@ -110,9 +111,14 @@ def gateway_grace_s() -> int:
 
 
 def streams(settings: Settings, stage: str) -> dict[str, str]:
-    """Stream -> consumer group, for each partition of ``stage``."""
+    """Stream -> consumer group, for each partition of ``stage`` and each priority lane (a
+    stage scaled to zero must wake for a high or low job too)."""
     keys = Keys(settings.prefix)
-    return {keys.stream(p, stage): Keys.group(stage) for p in range(settings.partitions)}
+    return {
+        keys.stream(p, stage, lane): Keys.group(stage)
+        for p in range(settings.partitions)
+        for lane in LANES
+    }
 
 
 def _shell(command: str) -> list[str]:

@@ -22,7 +22,7 @@ import redis.exceptions
 
 from queueing.cluster import AsyncRedis
 from queueing.keys import Keys
-from queueing.lanes import DEFAULT_LANE, LANES
+from queueing.lanes import DEFAULT_LANE, LANES, RANK
 from queueing.message import dumps, job_id_of
 from queueing.scripts import (
     FINISH,
@@ -397,7 +397,8 @@ class StageQueue:
         claimed: list[Delivery] = []
         gone = 0
         min_idle = int(self.settings.visibility_timeout_s * 1000)
-        for stream, (partition, lane) in self._streams.items():  # (the higher lanes first)
+        by_lane = sorted(self._streams.items(), key=lambda item: RANK[item[1][1]])
+        for stream, (partition, lane) in by_lane:  # (the higher lanes first, every partition's)
             if len(claimed) >= count:
                 break
             idle: Any = await self.redis.xpending_range(

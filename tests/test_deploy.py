@@ -21,6 +21,7 @@ import yaml
 from batchline.cli import DEFAULT_PIPELINES, load_topologies, parser
 from batchline.deploy import GATEWAY_GRACEFUL_S, GROUPS_ANNOTATION, UID, worker_grace_s
 from queueing.keys import Keys
+from queueing.lanes import LANES
 from queueing.settings import Settings
 from tests.conftest import ROOT
 
@@ -175,10 +176,11 @@ def test_keda_scales_each_worker_on_the_streams_and_groups_its_stages_use(
         assert target in workers
         deployment = k8s["Deployment", target]
         own = served(deployment["spec"]["template"]["spec"]["containers"][0]["command"])
-        expected = {
-            keys.stream(p, stage): Keys.group(stage)
+        expected = {  # (every lane: a stage scaled to zero must wake for a high job too)
+            keys.stream(p, stage, lane): Keys.group(stage)
             for stage in own
             for p in range(SETTINGS.partitions)
+            for lane in LANES
         }
         groups = json.loads(obj["metadata"]["annotations"][GROUPS_ANNOTATION])
         assert groups == expected
@@ -240,4 +242,6 @@ def test_k8s_for_a_redis_cluster_uses_its_nodes_and_cluster_triggers(tmp_path: P
             assert trigger["metadata"]["addressesFromEnv"] == "REDIS_ADDRESSES"
             streams.add(trigger["metadata"]["stream"])
     stages = {s for t in load_topologies(SETTINGS).values() for s in t.stages}
-    assert streams == {keys.stream(p, stage) for stage in stages for p in range(6)}
+    assert streams == {
+        keys.stream(p, stage, lane) for stage in stages for p in range(6) for lane in LANES
+    }
