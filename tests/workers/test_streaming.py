@@ -345,7 +345,7 @@ def test_a_poison_suspect_crashes_the_worker_without_the_items_streaming_beside_
     """A dead consumer left a poison entry started once of two attempts: claimed while a long
     item streams, it waits for that item to end and then runs alone, so its crash costs the
     long item nothing (no second attempt, no restart of its stream)."""
-    settings = stream_settings.replace(max_deliveries=2, sandbox=False)
+    settings = stream_settings.replace(max_deliveries=2)
     register(settings, t_cont)
     stage = "t_cont.model"
     poison = client.submit("t_cont", {"x": 9, "n": 1, "kill": True})
