@@ -18,7 +18,7 @@ from queueing.settings import Settings
 from tests.conftest import ROOT, worker_env
 from tests.pipelines import t_chain
 from tests.support import Workers
-from tests.workers.batching_pipelines import t_prio
+from tests.workers.batching_pipelines import t_prio, t_prio1
 from tests.workers.support import (
     KEYS,
     assert_drained,
@@ -94,6 +94,35 @@ def test_the_low_lane_keeps_its_share_under_a_high_flood(
     last_low = max(i for i, x in enumerate(order) if x >= LOW)
     assert last_high < last_low, "the high lane drained first"
     _assert_lanes_drained(redis_client, [STAGE])
+
+
+def test_the_low_lane_keeps_its_share_in_batches_of_one(
+    settings: Settings, client: Client, workers: Workers, redis_client: redis.Redis
+) -> None:
+    """Batches of one item under a high flood: each waits in the inbox while the one before
+    runs (10 ms), so it is refreshed before it runs; charged once all the same, the low lane
+    gets 1 slot in 9 while both wait (before: refreshes starved it, 0 of the first 45)."""
+    stage = "t_prio1.model"
+    settings = settings.replace(pipelines=PIPELINES)
+    register(settings, t_prio1)
+    high = client.submit_many(
+        "t_prio1", [{"x": i, "sleep": 0.01} for i in range(90)], priority="high"
+    )
+    low = client.submit_many(
+        "t_prio1", [{"x": LOW + i, "sleep": 0.01} for i in range(20)], priority="low"
+    )
+    assert wait_exit(workers.start(stage, burst=True, settings=settings), 60) == 0
+    records = wait_finished(high + low, 10)
+    assert [r.status for r in records] == [JobStatus.DONE] * 110
+    order = seen(redis_client, stage)
+    assert sorted(order) == [*range(90), *range(LOW, LOW + 20)], "each job ran once"
+    lows_early = sum(x >= LOW for x in order[:45])
+    # 1 in 9 by the weights: 5 of the first 45 (starved, or first come first served: 0).
+    assert 3 <= lows_early <= 8, f"{lows_early} low jobs among the first 45 run"
+    last_high = max(i for i, x in enumerate(order) if x < LOW)
+    last_low = max(i for i, x in enumerate(order) if x >= LOW)
+    assert last_high < last_low, "the high lane drained first"
+    _assert_lanes_drained(redis_client, [stage])
 
 
 def test_a_job_keeps_its_lane_from_stage_to_stage(
