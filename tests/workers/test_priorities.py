@@ -6,6 +6,7 @@ Orders, not times: what the model saw (``test:seen:<stage>``, in order) says whi
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -13,8 +14,10 @@ import sys
 import redis
 
 from queueing.client import Client
+from queueing.connection import connect_async
 from queueing.jobs import JobStatus
 from queueing.settings import Settings
+from queueing.streams import StageQueue
 from tests.conftest import ROOT, worker_env
 from tests.pipelines import t_chain
 from tests.support import Workers
@@ -29,6 +32,7 @@ from tests.workers.support import (
     wait_finished,
     wait_until,
 )
+from workers.loop import StageLoop
 
 STAGE = "t_prio.model"
 PIPELINES = ("tests.workers.batching_pipelines",)
@@ -123,6 +127,45 @@ def test_the_low_lane_keeps_its_share_in_batches_of_one(
     last_low = max(i for i, x in enumerate(order) if x >= LOW)
     assert last_high < last_low, "the high lane drained first"
     _assert_lanes_drained(redis_client, [stage])
+
+
+def test_displaced_entries_run_while_the_read_loop_blocks(
+    settings: Settings, client: Client
+) -> None:
+    """Entries a refresh displaced into the carry while the read loop waits in XREADGROUP
+    BLOCK (which cannot see them): the model takes them at once, not after block_ms (60 s
+    here; before the fix the model idled until the read returned)."""
+    settings = settings.replace(pipelines=PIPELINES, block_ms=60_000)
+    register(settings, t_prio)
+    stage = t_prio.compile().stages[STAGE]
+    client.submit_many("t_prio", [{"x": LOW + i} for i in range(3)], priority="low")
+
+    async def go() -> None:
+        redis_async = connect_async(settings)
+        queue = StageQueue(redis_async, settings, STAGE, "c1")
+        loop = StageLoop(stage, stage.load("cpu"), queue, settings)
+        try:
+            displaced = await queue.read(9, None)
+            assert len(displaced) == 3
+            reading = asyncio.create_task(loop.read_batch())
+            for _ in range(3000):  # (until it waits in XREADGROUP BLOCK: at once)
+                if loop.former.blocked:
+                    break
+                await asyncio.sleep(0.01)
+            assert loop.former.blocked
+            loop.held.update((d.key, d) for d in displaced)
+            loop.former.carry = displaced  # (as refresh leaves them)
+            batch = await asyncio.wait_for(loop._next(), 30)
+            assert batch is not None
+            assert [d.key for d in batch.deliveries] == [d.key for d in displaced]
+            assert loop.former.carry == []
+            await asyncio.to_thread(client.submit, "t_prio", {"x": 0}, priority="high")
+            assert len(await asyncio.wait_for(reading, 30)) == 1
+        finally:
+            loop._executor.shutdown(wait=False)
+            await redis_async.aclose()
+
+    asyncio.run(go())
 
 
 def test_a_job_keeps_its_lane_from_stage_to_stage(
