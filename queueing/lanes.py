@@ -4,12 +4,14 @@ A job is submitted to one lane of its pipeline and stays in it through every sta
 is a stream of its own (``normal`` keeps the stage's one stream key; the others are siblings in
 the same partition slot, see :meth:`~queueing.keys.Keys.stream`), read by the stage's one
 consumer group. Workers read every lane at once and fill a batch by the *lane weights*
-(default ``8, 4, 1``): when several lanes have entries waiting, each of them gets at least its
-weighted share of the slots, ``weight / (sum of the weights of the lanes waiting)`` over any
-run of batches, and the slots a lane leaves unused go to the others, higher lanes first
-(:class:`LaneShares`). So the ``low`` lane keeps at least ``1/13`` of the slots under a flood
-of both others (``1/9`` under a ``high`` flood), and a ``high`` job waits for the batch in hand
-and its own (see :meth:`workers.forming.BatchFormer.refresh`). Backpressure (``max_backlog``)
+(default ``8, 4, 1``), slot by slot (:class:`LaneShares`): while several lanes have entries in
+a worker's hand, each gets ``weight / (sum of the weights of those lanes)`` of the slots, to
+within about one slot over any run of batches (each batch charged once, for the slots it
+took: so also with batches of one item, and with a cost bound that cuts a batch short), and
+the slots a lane cannot fill go to the others. So under a flood of ``high`` jobs the ``low``
+lane gets ``1/9`` of the slots, ``1/13`` under a flood of both others; and a ``high`` job
+waits for the batch in hand and its own (see :meth:`workers.forming.BatchFormer.refresh`).
+Backpressure (``max_backlog``)
 is counted per lane.
 """
 
@@ -60,44 +62,76 @@ def _weight(value: Any) -> int:
 
 
 class LaneShares:
-    """How batches are filled from the lanes: deficit round robin. Each batch, every lane with
-    entries waiting earns ``slots x weight / (sum of the weights of such lanes)`` slots of
-    credit; it gets the whole slots its credit holds (while it has entries), and the slots
-    left go to the lanes, higher first. A lane's credit pays for what it got (never below 0)
-    and is dropped while it has nothing waiting. So each waiting lane gets at least its
-    weighted share over any run of batches, even with batches of one item, and a lone lane
-    gets every slot."""
+    """How batches are filled from the lanes: deficit round robin, slot by slot. Before each
+    slot, every lane with entries left in hand earns ``weight / (sum of the weights of such
+    lanes)`` of a slot of credit, and the slot goes to the one with the most credit (the higher
+    on a tie), which pays a whole slot for it. So the slots of a batch interleave by weight
+    (``h h h h l h h h h ...`` for 8 and 1), any first part of a batch (what a cost bound keeps)
+    is shared by weight too, credit earned equals credit paid, and a lane's credit stays within
+    about a slot of 0: each lane with entries in hand gets its weighted share of the slots
+    over any run of batches to within a slot or so, even with batches of one item, and a lane
+    with fewer entries than its share leaves its slots to the others.
+
+    Credit is charged only by :meth:`charge`, for the slots a batch actually took; what
+    :meth:`charge` applied can be taken back with :meth:`refund` (a batch formed again before
+    it runs is charged once)."""
 
     def __init__(self) -> None:
         self.credit = dict.fromkeys(LANES, 0.0)
 
+    def order(self, waiting: Mapping[str, int], weights: Sequence[int], slots: int) -> list[str]:
+        """The lane of each of the first ``slots`` slots (fewer if fewer entries wait), in the
+        order to take them; charges nothing."""
+        return _deal(waiting, weights, slots, dict(self.credit))
+
+    def charge(
+        self, waiting: Mapping[str, int], weights: Sequence[int], taken: int
+    ) -> dict[str, float]:
+        """Charge the first ``taken`` slots of :meth:`order` (same ``waiting`` and weights):
+        the change made to each lane's credit (for :meth:`refund`)."""
+        credit = dict(self.credit)
+        _deal(waiting, weights, taken, credit)
+        change = {lane: credit[lane] - self.credit[lane] for lane in LANES}
+        self.credit = credit
+        return change
+
+    def refund(self, change: Mapping[str, float]) -> None:
+        """Undo a :meth:`charge` (its batch was formed again)."""
+        for lane, amount in change.items():
+            self.credit[lane] -= amount
+
     def plan(
         self, waiting: Mapping[str, int], weights: Sequence[int], slots: int
     ) -> list[tuple[str, int]]:
-        """(lane, how many) in the order to take them: the credited shares first (so that a
-        cost bound, which cuts a batch short, cuts the extras), then the extras."""
-        busy = [lane for lane in LANES if waiting.get(lane, 0) > 0]
-        total = sum(weights[RANK[lane]] for lane in busy)
+        """(lane, how many) in the order to take them, for a batch of ``slots``, charged."""
+        lanes = self.order(waiting, weights, slots)
+        self.charge(waiting, weights, len(lanes))
         out: list[tuple[str, int]] = []
-        given = dict.fromkeys(LANES, 0)
-        left = slots
-        for lane in LANES:
-            if lane in busy:  # (bounded: a lane cannot bank more than a batch and a slot)
-                credit = self.credit[lane] + slots * weights[RANK[lane]] / total
-                self.credit[lane] = min(credit, slots + 1.0)
+        for lane in lanes:
+            if out and out[-1][0] == lane:
+                out[-1] = (lane, out[-1][1] + 1)
             else:
-                self.credit[lane] = 0.0
-        # (the most credit first: with fewer slots than lanes, the lane owed most gets one)
-        for lane in sorted(busy, key=lambda lane: -self.credit[lane]):
-            given[lane] = min(int(self.credit[lane] + 1e-9), waiting[lane], left)
-            left -= given[lane]
-            if given[lane]:
-                out.append((lane, given[lane]))
-        for lane in busy:
-            extra = min(waiting[lane] - given[lane], left)
-            left -= extra
-            given[lane] += extra
-            if extra:
-                out.append((lane, extra))
-            self.credit[lane] = max(0.0, self.credit[lane] - given[lane])
+                out.append((lane, 1))
         return out
+
+
+def _deal(
+    waiting: Mapping[str, int], weights: Sequence[int], slots: int, credit: dict[str, float]
+) -> list[str]:
+    """Deal ``slots`` slots among the lanes waiting by ``credit`` (updated in place)."""
+    left = {lane: waiting.get(lane, 0) for lane in LANES}
+    dealt: list[str] = []
+    for _ in range(slots):
+        busy = [lane for lane in LANES if left[lane] > 0]
+        if not busy:
+            break
+        total = sum(weights[RANK[lane]] for lane in busy)
+        for lane in busy:
+            credit[lane] += weights[RANK[lane]] / total
+        # (max keeps the first of equals: the higher lane; 1e-9 absorbs float drift)
+        best = max(credit[lane] for lane in busy)
+        lane = next(lane for lane in busy if credit[lane] >= best - 1e-9)
+        credit[lane] -= 1.0
+        left[lane] -= 1
+        dealt.append(lane)
+    return dealt

@@ -23,7 +23,7 @@ handed on to other stages; ``fenced``, results dropped because another worker cl
 class StageStats:
     name: str
     backlog: int
-    """Entries queued or in flight (XLEN over all partitions)."""
+    """Entries queued or in flight (XLEN over all partitions and lanes)."""
     counters: dict[str, int]
     workers: list[str]
     """Live consumers serving this stage."""

@@ -8,11 +8,12 @@ price them, and cuts the batch before the entry that would push its cost past
 entry in hand, so they are neither lost nor left for a claim after the visibility timeout.
 
 The priority lanes (:mod:`queueing.lanes`) reuse that carry: a worker reads every lane (each
-up to a batch's worth beyond what it carries of that lane), fills the batch high lane first
-within the lanes' weighted shares (:class:`~queueing.lanes.LaneShares`), and carries the rest.
-Since the next batch is read while the current one runs, :meth:`BatchFormer.refresh` looks
-again, just before a batch that waited goes to the model, for entries of higher lanes than its
-lowest: they take their share of it, and what they displace is carried.
+up to a batch's worth beyond what it carries of that lane), orders the entries slot by slot by
+the lanes' weights (:class:`~queueing.lanes.LaneShares`), cuts the batch at its bounds,
+charges the lanes for what the batch took, and carries the rest. Since the next batch is read
+while the current one runs, :meth:`BatchFormer.refresh` forms a batch that waited again, just
+before it goes to the model, if entries of higher lanes than its lowest came or are carried:
+they take their share of it, what they displace is carried, and the batch is charged once.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ from workers.batching import BatchConfig
 log = logging.getLogger(__name__)
 
 MIN_POLL_S = 0.0005
+
+CHARGES_KEPT = 8
+"""Charges remembered for a refresh to refund: more than the batches formed and not yet run
+(the one running, the one in the inbox, the one being read)."""
 
 
 class _Readable(Protocol):
@@ -57,7 +62,13 @@ class BatchFormer:
         self._carry_since = 0.0
         self._values: dict[DeliveryKey, Any] = {}
         self.shares = LaneShares()
+        self._charged: dict[DeliveryKey, dict[str, float]] = {}
+        """What the last batches formed were charged, by their first entry (refresh refunds
+        it before forming one again)."""
         self._queued: Callable[[], int] = lambda: 0
+        self.blocked = False
+        """A read waits for the first entry (XREADGROUP BLOCK): it cannot see what a refresh
+        carries meanwhile."""
         self.estimates = AdaptiveWait(config.max_latency_ms)
         """The adaptive wait's fit and arrival rate, fed whatever the wait (a few float
         operations per batch), so that a stage switched to "auto" live starts warm."""
@@ -91,7 +102,11 @@ class BatchFormer:
         self._queued = queued
         deliveries, self.carry = self.carry, []
         started = self._carry_since if deliveries else 0.0
-        more = await self._refill(queue, deliveries, None if deliveries else block_ms)
+        self.blocked = not deliveries and block_ms is not None
+        try:
+            more = await self._refill(queue, deliveries, None if deliveries else block_ms)
+        finally:
+            self.blocked = False
         self._arrived(more)
         deliveries += more
         if not deliveries:
@@ -115,19 +130,41 @@ class BatchFormer:
         return self._form(deliveries)
 
     async def refresh(self, queue: _Readable, batch: list[Delivery]) -> list[Delivery]:
-        """``batch`` (formed earlier, while the one before ran) with the entries of lanes
-        above its lowest that came since taking their share of it; those they displace are
-        carried to the next batch. No such lane, or nothing new in it: ``batch`` as it is."""
+        """``batch`` (formed earlier, while the one before ran) formed again, just before it
+        runs, with the entries of lanes above its lowest that came since or are carried: they
+        take their share of it, and those they displace are carried to the next batch. It is
+        charged once (its first forming's charge is refunded). Only what can displace is read:
+        of a lane above the batch's lowest, up to as many entries as the batch holds of lanes
+        below it, less what the carry holds of that lane (none when it holds that many). No
+        such lane, or nothing of it in hand: ``batch`` as it is."""
         if not batch:
             return batch
         lowest = max(RANK[delivery.lane] for delivery in batch)
-        more = await queue.read(self.config.max_items, None, lanes=LANES[:lowest]) if lowest else []
-        if not more:
+        below = [sum(RANK[d.lane] > rank for d in batch) for rank in range(len(LANES))]
+        carried = Counter(delivery.lane for delivery in self.carry)
+        wanted = {
+            lane: below[RANK[lane]] - carried[lane]
+            for lane in LANES[:lowest]
+            if below[RANK[lane]] > carried[lane]
+        }
+        more = await queue.read(max(wanted.values()), None, lanes=list(wanted)) if wanted else []
+        if more:
+            self._arrived(more)
+            for delivery in more:
+                self.held[delivery.key] = delivery
+        # (taken after the read: no await between this and _form, so no entry is carried twice)
+        above = [d for d in self.carry if RANK[d.lane] < lowest]
+        if not more and not above:
             return batch
-        self._arrived(more)
-        for delivery in more:
-            self.held[delivery.key] = delivery
-        return self._form([*batch, *more])
+        pool, self.carry = [*batch, *self.carry, *more], []
+        self.shares.refund(self._charged.pop(batch[0].key, {}))
+        return self._form(pool)
+
+    def take_carried(self) -> list[Delivery]:
+        """A batch of the carried entries, now (when the model would otherwise wait for a
+        read that cannot see them: see StageLoop._next)."""
+        carried, self.carry = self.carry, []
+        return self._form(carried) if carried else []
 
     def drain(self) -> list[list[Delivery]]:
         """The carried entries as batches (when the loop stops: they run before it ends)."""
@@ -139,10 +176,16 @@ class BatchFormer:
 
     def _form(self, pool: list[Delivery]) -> list[Delivery]:
         """The batch from ``pool`` (entries in hand, in order within each lane): the lanes'
-        shares, then the count and cost bounds; the rest is carried."""
-        ordered = self._by_shares(pool)
+        shares slot by slot, cut at the count and cost bounds, and charged for the slots it
+        took; the rest is carried."""
+        ordered, waiting = self._by_shares(pool)
         size = self._take(ordered)
         batch, rest = ordered[:size], ordered[size:]
+        if waiting:
+            change = self.shares.charge(waiting, self.config.lane_weights, size)
+            self._charged[batch[0].key] = change
+            while len(self._charged) > CHARGES_KEPT:
+                del self._charged[next(iter(self._charged))]
         for delivery in batch:
             self._values.pop(delivery.key, None)
         if rest and not self.carry:
@@ -150,24 +193,25 @@ class BatchFormer:
         self.carry += rest  # (refresh may have carried entries meanwhile: kept)
         return batch
 
-    def _by_shares(self, pool: list[Delivery]) -> list[Delivery]:
-        """``pool`` in the order batches take it: each lane's share (see LaneShares), then
-        the rest. One lane (the usual case): as it is."""
+    def _by_shares(self, pool: list[Delivery]) -> tuple[list[Delivery], dict[str, int]]:
+        """``pool`` in the order batches take it, and how many wait in each lane: the first
+        ``max_items`` slot by slot (see LaneShares), then the rest. One lane (the usual case):
+        as it is (and no lanes to charge)."""
         lane = pool[0].lane if pool else ""
         if all(delivery.lane == lane for delivery in pool):
-            return pool
+            return pool, {}
         lanes: dict[str, list[Delivery]] = defaultdict(list)
         for delivery in pool:
             lanes[delivery.lane].append(delivery)
         waiting = {lane: len(entries) for lane, entries in lanes.items()}
         ordered: list[Delivery] = []
         taken = Counter[str]()
-        for lane, n in self.shares.plan(waiting, self.config.lane_weights, self.config.max_items):
-            ordered += lanes[lane][taken[lane] : taken[lane] + n]
-            taken[lane] += n
+        for lane in self.shares.order(waiting, self.config.lane_weights, self.config.max_items):
+            ordered.append(lanes[lane][taken[lane]])
+            taken[lane] += 1
         for lane in LANES:
             ordered += lanes[lane][taken[lane] :]
-        return ordered
+        return ordered, waiting
 
     async def _refill(
         self, queue: _Readable, pool: list[Delivery], block_ms: int | None

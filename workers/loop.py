@@ -102,8 +102,9 @@ class StageLoop:
         self.held: dict[DeliveryKey, Delivery] = {}
         """Entries read and not yet finished: touched on every heartbeat."""
         self.former = BatchFormer(self.config, self.held)
-        """Forms batches (count or cost bound, fixed or adaptive wait); holds the entries
-        a cost bound carried over to the next batch."""
+        """Forms batches (count or cost bound, fixed or adaptive wait, the lanes' shares);
+        holds the entries carried over to the next batch: cut by a cost bound, left out by
+        the lanes' shares, read or displaced by a refresh."""
         self._inbox: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=1)
         self._executor = ThreadPoolExecutor(
             1,
@@ -156,7 +157,7 @@ class StageLoop:
     async def _consume(self) -> None:
         """Run the batches the read loop hands over until it says there are no more."""
         finishing: asyncio.Task[None] | None = None
-        while (batch := await self._inbox.get()) is not None:
+        while (batch := await self._next()) is not None:
             if batch.suspect and finishing is not None:
                 # A crash now must not take the previous batch's hand-off with it.
                 await finishing
@@ -176,6 +177,14 @@ class StageLoop:
         # Entries a refresh carried after the read loop drained the carry: run them too.
         for carried in self.former.drain():
             await self.finish(await self.process(carried))
+
+    async def _next(self) -> _Batch | None:
+        """The read loop's next batch; or, while it has none ready and waits in a blocking read
+        (up to block_ms) that cannot see them, a batch of the entries a refresh displaced: the
+        model runs them now rather than after that read."""
+        if self._inbox.empty() and self.former.blocked and self.former.carry:
+            return _Batch(self.former.take_carried())
+        return await self._inbox.get()
 
     async def _read_loop(self, stop: asyncio.Event) -> None:
         """Fill the inbox: first this consumer's own pending entries (a restart under the

@@ -75,3 +75,17 @@ class PriorityModel:
 
 
 t_prio = Pipeline("t_prio", stage(PriorityModel, name="model"), example={"x": 1})
+
+
+class SinglePriorityModel:
+    """Batches of one item, no wait; sleeps the item's ``sleep`` (so that the next batch,
+    read meanwhile, waits in the inbox long enough to be refreshed before it runs)."""
+
+    @batch(max_batch_size=1, batch_wait_timeout_s=0)
+    def predict(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        record("t_prio1.model", items)
+        time.sleep(float(items[0].get("sleep", 0)))
+        return [{"x": item["x"]} for item in items]
+
+
+t_prio1 = Pipeline("t_prio1", stage(SinglePriorityModel, name="model"), example={"x": 1})

@@ -6,6 +6,7 @@ Orders, not times: what the model saw (``test:seen:<stage>``, in order) says whi
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -13,12 +14,14 @@ import sys
 import redis
 
 from queueing.client import Client
+from queueing.connection import connect_async
 from queueing.jobs import JobStatus
 from queueing.settings import Settings
+from queueing.streams import StageQueue
 from tests.conftest import ROOT, worker_env
 from tests.pipelines import t_chain
 from tests.support import Workers
-from tests.workers.batching_pipelines import t_prio
+from tests.workers.batching_pipelines import t_prio, t_prio1
 from tests.workers.support import (
     KEYS,
     assert_drained,
@@ -29,6 +32,7 @@ from tests.workers.support import (
     wait_finished,
     wait_until,
 )
+from workers.loop import StageLoop
 
 STAGE = "t_prio.model"
 PIPELINES = ("tests.workers.batching_pipelines",)
@@ -94,6 +98,74 @@ def test_the_low_lane_keeps_its_share_under_a_high_flood(
     last_low = max(i for i, x in enumerate(order) if x >= LOW)
     assert last_high < last_low, "the high lane drained first"
     _assert_lanes_drained(redis_client, [STAGE])
+
+
+def test_the_low_lane_keeps_its_share_in_batches_of_one(
+    settings: Settings, client: Client, workers: Workers, redis_client: redis.Redis
+) -> None:
+    """Batches of one item under a high flood: each waits in the inbox while the one before
+    runs (10 ms), so it is refreshed before it runs; charged once all the same, the low lane
+    gets 1 slot in 9 while both wait (before: refreshes starved it, 0 of the first 45)."""
+    stage = "t_prio1.model"
+    settings = settings.replace(pipelines=PIPELINES)
+    register(settings, t_prio1)
+    high = client.submit_many(
+        "t_prio1", [{"x": i, "sleep": 0.01} for i in range(90)], priority="high"
+    )
+    low = client.submit_many(
+        "t_prio1", [{"x": LOW + i, "sleep": 0.01} for i in range(20)], priority="low"
+    )
+    assert wait_exit(workers.start(stage, burst=True, settings=settings), 60) == 0
+    records = wait_finished(high + low, 10)
+    assert [r.status for r in records] == [JobStatus.DONE] * 110
+    order = seen(redis_client, stage)
+    assert sorted(order) == [*range(90), *range(LOW, LOW + 20)], "each job ran once"
+    lows_early = sum(x >= LOW for x in order[:45])
+    # 1 in 9 by the weights: 5 of the first 45 (starved, or first come first served: 0).
+    assert 3 <= lows_early <= 8, f"{lows_early} low jobs among the first 45 run"
+    last_high = max(i for i, x in enumerate(order) if x < LOW)
+    last_low = max(i for i, x in enumerate(order) if x >= LOW)
+    assert last_high < last_low, "the high lane drained first"
+    _assert_lanes_drained(redis_client, [stage])
+
+
+def test_displaced_entries_run_while_the_read_loop_blocks(
+    settings: Settings, client: Client
+) -> None:
+    """Entries a refresh displaced into the carry while the read loop waits in XREADGROUP
+    BLOCK (which cannot see them): the model takes them at once, not after block_ms (60 s
+    here; before the fix the model idled until the read returned)."""
+    settings = settings.replace(pipelines=PIPELINES, block_ms=60_000)
+    register(settings, t_prio)
+    stage = t_prio.compile().stages[STAGE]
+    client.submit_many("t_prio", [{"x": LOW + i} for i in range(3)], priority="low")
+
+    async def go() -> None:
+        redis_async = connect_async(settings)
+        queue = StageQueue(redis_async, settings, STAGE, "c1")
+        loop = StageLoop(stage, stage.load("cpu"), queue, settings)
+        try:
+            displaced = await queue.read(9, None)
+            assert len(displaced) == 3
+            reading = asyncio.create_task(loop.read_batch())
+            for _ in range(3000):  # (until it waits in XREADGROUP BLOCK: at once)
+                if loop.former.blocked:
+                    break
+                await asyncio.sleep(0.01)
+            assert loop.former.blocked
+            loop.held.update((d.key, d) for d in displaced)
+            loop.former.carry = displaced  # (as refresh leaves them)
+            batch = await asyncio.wait_for(loop._next(), 30)
+            assert batch is not None
+            assert [d.key for d in batch.deliveries] == [d.key for d in displaced]
+            assert loop.former.carry == []
+            await asyncio.to_thread(client.submit, "t_prio", {"x": 0}, priority="high")
+            assert len(await asyncio.wait_for(reading, 30)) == 1
+        finally:
+            loop._executor.shutdown(wait=False)
+            await redis_async.aclose()
+
+    asyncio.run(go())
 
 
 def test_a_job_keeps_its_lane_from_stage_to_stage(
