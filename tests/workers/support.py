@@ -3,8 +3,13 @@ record."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import redis
 
+from queueing.settings import Settings
+from tests.conftest import ROOT, worker_env
 from tests.pipelines import BATCHES, SEEN
 from tests.support import (
     KEYS,
@@ -22,6 +27,7 @@ __all__ = [
     "assert_drained",
     "backlog",
     "batches",
+    "batchline_config",
     "register",
     "seen",
     "stat",
@@ -39,3 +45,15 @@ def seen(r: redis.Redis, stage: str) -> list[int]:
 def batches(r: redis.Redis, stage: str) -> list[int]:
     """The size of every handler call of ``stage``, in order."""
     return [int(n) for n in r.lrange(BATCHES + stage, 0, -1)]
+
+
+def batchline_config(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """``batchline config ARGS`` (live settings) run as a user would, against ``settings``."""
+    return subprocess.run(
+        [sys.executable, "-m", "batchline", "config", *args],
+        env=worker_env(settings),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )

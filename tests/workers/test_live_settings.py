@@ -4,8 +4,6 @@ the registry shows the values in force and since when, and bad values are refuse
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 
 import redis
 
@@ -15,24 +13,18 @@ from queueing.jobs import JobStatus
 from queueing.live_config import set_settings, stage_spec
 from queueing.registry import StageSpec
 from queueing.settings import Settings
-from tests.conftest import ROOT, worker_env
 from tests.support import Workers
 from tests.workers.batching_pipelines import t_live
-from tests.workers.support import batches, register, wait_finished, wait_until
+from tests.workers.support import (
+    batches,
+    batchline_config,
+    register,
+    wait_finished,
+    wait_until,
+)
 
 STAGE = "t_live.model"
 PIPELINES = ("tests.workers.batching_pipelines",)
-
-
-def _config(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "batchline", "config", *args],
-        env=worker_env(settings),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_a_running_worker_applies_a_new_max_batch_size(
@@ -45,7 +37,7 @@ def test_a_running_worker_applies_a_new_max_batch_size(
     assert [r.status for r in wait_finished(first, 20)] == [JobStatus.DONE] * 6
     assert max(batches(redis_client, STAGE)) <= 2, "declared: batches of at most 2"
 
-    done = _config(settings, "set", STAGE, "max_batch_size=6", "max_latency_ms=30")
+    done = batchline_config(settings, "set", STAGE, "max_batch_size=6", "max_latency_ms=30")
     assert done.returncode == 0, done.stderr
     assert "max_batch_size:       6" in done.stdout
     assert "live since" in done.stdout
@@ -64,10 +56,10 @@ def test_a_running_worker_applies_a_new_max_batch_size(
     wait_until(gathered, 15, "the running worker to batch with max_batch_size=6")
     assert max(batches(redis_client, STAGE)) <= 6
 
-    shown = _config(settings, "show", STAGE)
+    shown = batchline_config(settings, "show", STAGE)
     assert shown.returncode == 0
     assert "max_batch_size:       6" in shown.stdout
-    reset = _config(settings, "reset", STAGE)
+    reset = batchline_config(settings, "reset", STAGE)
     assert reset.returncode == 0
     assert "as declared in code" in reset.stdout
     [spec] = client.pipelines()["t_live"].stages
@@ -86,13 +78,13 @@ def test_bad_values_are_refused_with_a_clear_error(settings: Settings) -> None:
         (("colour=red",), "unknown setting 'colour'"),
         (("max_batch_size",), "expected NAME=VALUE"),
     ]:
-        done = _config(settings, "set", STAGE, *args)
+        done = batchline_config(settings, "set", STAGE, *args)
         assert done.returncode == 2, (args, done.stdout, done.stderr)
         assert message in done.stderr, (args, done.stderr)
-    unknown = _config(settings, "set", "t_live.nope", "max_batch_size=4")
+    unknown = batchline_config(settings, "set", "t_live.nope", "max_batch_size=4")
     assert unknown.returncode == 2
     assert "unknown stage 't_live.nope'" in unknown.stderr
-    nowhere = _config(settings, "set", "nope.model", "max_batch_size=4")
+    nowhere = batchline_config(settings, "set", "nope.model", "max_batch_size=4")
     assert nowhere.returncode == 2
     assert "unknown pipeline 'nope'" in nowhere.stderr
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 
 import redis
 
@@ -18,13 +16,13 @@ from queueing.connection import connect_async
 from queueing.jobs import JobStatus
 from queueing.settings import Settings
 from queueing.streams import StageQueue
-from tests.conftest import ROOT, worker_env
 from tests.pipelines import t_chain
 from tests.support import Workers
 from tests.workers.batching_pipelines import t_prio, t_prio1
 from tests.workers.support import (
     KEYS,
     assert_drained,
+    batchline_config,
     register,
     seen,
     stat,
@@ -206,17 +204,6 @@ def test_a_killed_workers_high_lane_entries_are_claimed_and_end_once(
     _assert_lanes_drained(redis_client, [STAGE])
 
 
-def _config(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "batchline", "config", *args],
-        env=worker_env(settings),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_a_running_worker_applies_new_lane_weights(
     settings: Settings, client: Client, workers: Workers, redis_client: redis.Redis
 ) -> None:
@@ -225,12 +212,12 @@ def test_a_running_worker_applies_new_lane_weights(
     settings = settings.replace(pipelines=PIPELINES)
     register(settings, t_prio)
     workers.start(STAGE, settings=settings)
-    done = _config(settings, "set", STAGE, "lane_weights=1,1,8")
+    done = batchline_config(settings, "set", STAGE, "lane_weights=1,1,8")
     assert done.returncode == 0, done.stderr
     assert "lane_weights:         1,1,8" in done.stdout
     [spec] = client.pipelines()["t_prio"].stages
     assert spec.lane_weights == (1, 1, 8)
-    assert _config(settings, "set", STAGE, "lane_weights=1,0,8").returncode != 0
+    assert batchline_config(settings, "set", STAGE, "lane_weights=1,0,8").returncode != 0
 
     rounds = iter(range(100))
 
