@@ -29,7 +29,6 @@ import re
 import threading
 import time
 import weakref
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +39,7 @@ from queueing.keys import Keys
 from queueing.message import loads
 from queueing.scripts import EMIT, Emitted, emit_call
 from queueing.settings import Settings
+from queueing.streams import positions_by
 
 CHUNK = "chunk"
 RESTART = "restart"
@@ -216,11 +216,8 @@ class ChunkWriter:
         ``now``: when the step ended (default: now). A retry must pass the first try's: the
         script knows an end as the step's own by it."""
         answers = ["fenced"] * len(items)
-        by_stream: dict[tuple[int, str], list[int]] = defaultdict(list)
-        for index, stream in enumerate(streams):
-            by_stream[stream].append(index)
         stamp = repr(time.time() if now is None else now)
-        for (partition, lane), indexes in by_stream.items():
+        for (partition, lane), indexes in positions_by(streams).items():
             keys, args = emit_call(
                 self.keys.stream(partition, self.stage, lane),
                 self.keys.stats(partition),

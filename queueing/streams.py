@@ -14,7 +14,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio
 import redis.asyncio.cluster
@@ -37,6 +37,8 @@ from queueing.scripts import (
     touch_call,
 )
 from queueing.settings import Settings
+
+K = TypeVar("K")
 
 DELIVERY_CAP = 5
 """An entry delivered ``DELIVERY_CAP x max_deliveries`` times without ever being started (its
@@ -329,7 +331,7 @@ class StageQueue:
         dead-letter it, or skip it: the status that forbids running it)."""
         answers: list[Start] = [Start.MISSING] * len(deliveries)
         now = repr(time.time())
-        for partition, indexes in _by_partition(delivery for delivery, _ in deliveries).items():
+        for partition, indexes in positions_by(d.partition for d, _ in deliveries).items():
             prefix = self._job_prefixes[partition]
             keys, args = start_call(
                 [prefix + deliveries[i][1] for i in indexes],
@@ -348,7 +350,8 @@ class StageQueue:
         done: list[bool] = [False] * len(outcomes)
         now = repr(time.time())
         ttl = int(self.settings.result_ttl_s)
-        for (partition, lane), indexes in _by_stream(o.delivery for o in outcomes).items():
+        streams = positions_by((o.delivery.partition, o.delivery.lane) for o in outcomes)
+        for (partition, lane), indexes in streams.items():
             keys, args = finish_call(
                 self.keys.stream(partition, self.stage, lane),
                 self.keys.dead(partition, self.stage),
@@ -451,32 +454,18 @@ class StageQueue:
 
     async def backlog(self) -> int:
         """Entries queued or in flight, over all partitions and lanes."""
-        return sum((await self.backlogs()).values())
-
-    async def backlogs(self) -> dict[str, int]:
-        """Entries queued or in flight in each lane, over all partitions."""
         pipe = self.redis.pipeline(transaction=False)
         for stream in self._streams:
             pipe.xlen(stream)
-        out = dict.fromkeys(LANES, 0)
-        for (_, lane), length in zip(self._streams.values(), await pipe.execute(), strict=True):
-            out[lane] += length
-        return out
+        return sum(await pipe.execute())
 
 
-def _by_partition(deliveries: Iterable[Delivery]) -> dict[int, list[int]]:
-    """Positions of the deliveries, by partition."""
-    out: dict[int, list[int]] = defaultdict(list)
-    for index, delivery in enumerate(deliveries):
-        out[delivery.partition].append(index)
-    return out
-
-
-def _by_stream(deliveries: Iterable[Delivery]) -> dict[tuple[int, str], list[int]]:
-    """Positions of the deliveries, by the stream they were read from (partition, lane)."""
-    out: dict[tuple[int, str], list[int]] = defaultdict(list)
-    for index, delivery in enumerate(deliveries):
-        out[delivery.partition, delivery.lane].append(index)
+def positions_by(keys: Iterable[K]) -> dict[K, list[int]]:
+    """The positions of ``keys``, grouped by key (in order of first appearance): to send one
+    call per partition, or per stream, of a batch and put the answers back in place."""
+    out: dict[K, list[int]] = defaultdict(list)
+    for index, key in enumerate(keys):
+        out[key].append(index)
     return out
 
 
