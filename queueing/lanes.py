@@ -100,20 +100,6 @@ class LaneShares:
         for lane, amount in change.items():
             self.credit[lane] -= amount
 
-    def plan(
-        self, waiting: Mapping[str, int], weights: Sequence[int], slots: int
-    ) -> list[tuple[str, int]]:
-        """(lane, how many) in the order to take them, for a batch of ``slots``, charged."""
-        lanes = self.order(waiting, weights, slots)
-        self.charge(waiting, weights, len(lanes))
-        out: list[tuple[str, int]] = []
-        for lane in lanes:
-            if out and out[-1][0] == lane:
-                out[-1] = (lane, out[-1][1] + 1)
-            else:
-                out.append((lane, 1))
-        return out
-
 
 def _deal(
     waiting: Mapping[str, int], weights: Sequence[int], slots: int, credit: dict[str, float]
