@@ -169,9 +169,8 @@ class BatchFormer:
     def drain(self) -> list[list[Delivery]]:
         """The carried entries as batches (when the loop stops: they run before it ends)."""
         batches = []
-        while self.carry:
-            carried, self.carry = self.carry, []
-            batches.append(self._form(carried))
+        while batch := self.take_carried():
+            batches.append(batch)
         return batches
 
     def _form(self, pool: list[Delivery]) -> list[Delivery]:

@@ -100,7 +100,8 @@ class StageLoop:
         self.burst = burst
         self.config = handler.config
         self.held: dict[DeliveryKey, Delivery] = {}
-        """Entries read and not yet finished: touched on every heartbeat."""
+        """Entries read and not yet finished: touched on every heartbeat (held from the read
+        that brings them: BatchFormer's, or a recovery's)."""
         self.former = BatchFormer(self.config, self.held)
         """Forms batches (count or cost bound, fixed or adaptive wait, the lanes' shares);
         holds the entries carried over to the next batch: cut by a cost bound, left out by
@@ -204,7 +205,7 @@ class StageLoop:
                 read = functools.partial(self.read_batch, block=not self._recovered)
                 deliveries = await self._persist("read", read)
                 if deliveries:
-                    await self._put(_Batch(deliveries, read_at=time.monotonic()))
+                    await self._inbox.put(_Batch(deliveries, read_at=time.monotonic()))
                 elif self.burst:
                     claimed, _ = await self.queue.claim(self.config.max_items)
                     if claimed:
@@ -215,7 +216,7 @@ class StageLoop:
                         break
             # Entries a cost bound carried over are pending here: run them before stopping.
             for carried in self.former.drain():
-                await self._put(_Batch(carried))
+                await self._inbox.put(_Batch(carried))
         except _Abandon:
             pass
         finally:
@@ -260,11 +261,6 @@ class StageLoop:
         )
         self._recovered.extend(_Batch([delivery], suspect=True) for delivery in alone)
 
-    async def _put(self, batch: _Batch) -> None:
-        for delivery in batch.deliveries:
-            self.held[delivery.key] = delivery
-        await self._inbox.put(batch)
-
     async def _refreshed(self, batch: _Batch) -> list[Delivery]:
         """A batch of new entries that waited for the model: refreshed with the entries of
         higher lanes that came meanwhile (BatchFormer.refresh). Best effort: if Redis does not
@@ -282,10 +278,10 @@ class StageLoop:
         has run: should it crash this worker, it orphans these entries only, not new ones
         read meanwhile."""
         if not batch.suspect:
-            await self._put(batch)
+            await self._inbox.put(batch)
             return
         self._suspects_ran.clear()
-        await self._put(batch)
+        await self._inbox.put(batch)
         await self._suspects_ran.wait()
 
     async def read_batch(self, *, block: bool = True) -> list[Delivery]:
