@@ -13,13 +13,14 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 from api.auth import ApiKeys
 from api.batcher import SubmitBatcher
 from api.metrics import Metrics
 from api.submission import SchemaChecker, Submission
-from queueing.chunks import StreamEvent
+from queueing.chunks import Follower, StreamEvent
 from queueing.client import AsyncClient, AsyncJob
 from queueing.cluster import layout
 from queueing.connection import broker_errors
@@ -31,6 +32,8 @@ from queueing.registry import PipelineSpec
 from queueing.settings import Settings
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 REGISTRY_TTL_S = 2.0
 """How long the gateway trusts its copy of the registry before reading it again (a pipeline
@@ -177,19 +180,40 @@ class Gateway:
             snapshot = await job.snapshot()
         return snapshot
 
+    async def stream(
+        self,
+        pipeline: str,
+        submission: Submission,
+        *,
+        idempotency_key: str | None,
+        owner: str | None,
+    ) -> tuple[str, JobStatus, AsyncIterator[StreamEvent]]:
+        """Submit one input and follow its streamed outputs, its ``end`` last: the job's id,
+        its status now and its events. TooManyStreams past BATCHLINE_MAX_STREAMS, before
+        anything is submitted."""
+        [(job_id, status)], follower = await self._following(
+            lambda: self.submit(pipeline, submission, idempotency_key=idempotency_key, owner=owner)
+        )
+        return job_id, status, self.client.events(job_id, ends=True, follower=follower)
+
     async def events(
         self, job_id: str, owner: str | None, after: str = "0"
     ) -> AsyncIterator[StreamEvent]:
         """A job's streamed outputs after ``after``, its ``end`` last (see
         :meth:`AsyncClient.events`); now, before any answer starts: TooManyStreams past
         BATCHLINE_MAX_STREAMS, UnknownJob for an unknown job (or another's)."""
+        _, follower = await self._following(lambda: self._read(job_id, owner))
+        return self.client.events(job_id, after=after, ends=True, follower=follower)
+
+    async def _following(self, ready: Callable[[], Awaitable[T]]) -> tuple[T, Follower]:
+        """``await ready()`` holding a place among the client's followers (TooManyStreams
+        first, past the bound); the place is given back if it fails."""
         follower = self.client.follower()
         try:
-            await self._read(job_id, owner)
+            return await ready(), follower
         except BaseException:
             follower.release()
             raise
-        return self.client.events(job_id, after=after, ends=True, follower=follower)
 
     async def _read(self, job_id: str, owner: str | None) -> tuple[AsyncJob, Snapshot]:
         if not is_job_id(job_id):

@@ -232,22 +232,12 @@ async def stream(name: str, request: Request) -> Response:
     check_content_type(request.headers.get("content-type"))
     idempotency_key = _idempotency_key(request)
     submission = parse_submission(await request.body(), allow_many=False)
-    follower = gateway.client.follower()  # 429 past BATCHLINE_MAX_STREAMS: nothing submitted
-    try:
-        [(job_id, status)] = await gateway.submit(
-            name, submission, idempotency_key=idempotency_key, owner=owner
-        )
-    except BaseException:
-        follower.release()
-        raise
+    job_id, status, found = await gateway.stream(  # (429 past BATCHLINE_MAX_STREAMS)
+        name, submission, idempotency_key=idempotency_key, owner=owner
+    )
     job = accepted(request, job_id, status)
     job["events"] = job["url"] + "/events"
-    body = events.sse(
-        gateway.client.events(job_id, ends=True, follower=follower),
-        job_id,
-        gateway.settings.max_wait_s,
-        events.frame("job", job),
-    )
+    body = events.sse(found, job_id, gateway.settings.max_wait_s, events.frame("job", job))
     headers = {**events.HEADERS, "Location": job["url"]}
     return events.EventStream(body, headers=headers)
 
