@@ -138,9 +138,12 @@ class LiveSettings:
 async def stage_spec(client: AsyncRedis, settings: Settings, stage: str) -> StageSpec:
     """The stage as registered, live settings applied (UnknownPipeline if not registered)."""
     check_name(stage)
+    return _registered(await client.hgetall(Keys(settings.prefix).registry), stage)
+
+
+def _registered(raw: Mapping[Any, Any], stage: str) -> StageSpec:
+    """The stage in the registry hash's contents ``raw``, live settings applied."""
     pipeline = stage.split(".", 1)[0]
-    keys = Keys(settings.prefix)
-    raw = await client.hgetall(keys.registry)
     specs = parse_registry(raw)
     if pipeline not in specs:
         raise UnknownPipeline(pipeline)
@@ -164,12 +167,14 @@ async def set_settings(
     """Set some of a stage's live settings (merged with those set before); the stage must be
     registered and the result must be a valid stage. Returns the stage as now in force."""
     values = validate(values)
+    check_name(stage)
     keys = Keys(settings.prefix)
     field = keys.settings_field(stage)
     replace = client.register_script(REPLACE)
     while True:  # (compare and set: a concurrent writer's update is merged, not lost)
-        current = await stage_spec(client, settings, stage)
-        before = await client.hget(keys.registry, field)
+        raw = await client.hgetall(keys.registry)
+        current = _registered(raw, stage)
+        before = raw.get(field.encode())
         merged: dict[str, Any] = {}
         if before is not None:
             try:
