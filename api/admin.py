@@ -251,10 +251,10 @@ async def put_stage_settings(
     pipeline: str, stage: str, body: StageSettingsBody, gateway: GatewayDep, owner: Admin
 ) -> Response:
     """Sets `max_batch_size`, `batch_wait_timeout_s`, `max_latency_ms` and/or `lane_weights`
-    for the stage:
-    its running workers batch with them within a second (no restart), and the pipeline's
-    page shows them with `settings_since`. They last until changed or reset (DELETE), across
-    worker restarts. The same as `batchline config set PIPELINE.STAGE NAME=VALUE...`."""
+    for the stage: its running workers batch with them within a second (no restart), and the
+    pipeline's page shows them with `settings_since`. They last until changed or reset
+    (DELETE), across worker restarts. The same as `batchline config set PIPELINE.STAGE
+    NAME=VALUE...`."""
     name = _stage(pipeline, stage)
     values = body.model_dump(exclude_unset=True)
     try:
