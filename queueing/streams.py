@@ -161,21 +161,21 @@ class StageQueue:
         """Up to ``count`` new entries of each of ``lanes`` (every lane by default), blocking
         up to ``block_ms`` for the first (None: do not block). ``own_pending`` re-reads what
         this consumer holds already (after a restart under the same name)."""
-        since = "0" if own_pending else ">"
         wanted = set(lanes)
         try:
-            return await self._read(count, block_ms, since, wanted, own_pending)
+            return await self._read(count, block_ms, wanted, own_pending)
         except redis.exceptions.ResponseError as exc:
             if not str(exc).startswith("NOGROUP"):
                 raise
             # A lane's stream or group is missing (made by a batchline before lanes, or
             # deleted from outside): made now, empty; read again.
             await self.ensure_groups()
-            return await self._read(count, block_ms, since, wanted, own_pending)
+            return await self._read(count, block_ms, wanted, own_pending)
 
     async def _read(
-        self, count: int, block_ms: int | None, since: str, wanted: set[str], own_pending: bool
+        self, count: int, block_ms: int | None, wanted: set[str], own_pending: bool
     ) -> list[Delivery]:
+        since = "0" if own_pending else ">"
         try:
             if self._sharded:
                 return await self._read_sharded(count, block_ms, since, wanted)
