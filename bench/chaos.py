@@ -97,14 +97,14 @@ from bench import loadgen
 from bench.chaos_pipelines import executions_key
 from bench.harness import ROOT, Child, Processes, child_env, machine_info, scratch_dir
 from bench.loadgen import Call, LoadResult
-from bench.scenarios_http import HOST, free_port, wait_until_ready
+from bench.scenarios_http import HOST, wait_until_ready
 from bench.stats import percentile
 from queueing.client import Client, Job
 from queueing.errors import BatchlineError, QueueFull, ResultTimeout, UnknownJob
 from queueing.jobs import JobRecord
 from queueing.keys import Keys
 from queueing.message import job_id_of
-from queueing.server import EmbeddedServer
+from queueing.server import EmbeddedServer, free_port
 from queueing.settings import Settings
 
 PIPELINE = "chaos"

@@ -54,7 +54,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import socket
 import sys
 import time
 import urllib.error
@@ -72,6 +71,7 @@ from bench.registry import Derived, Goal, scenario
 from bench.scenarios_queue import cpu_extra, cpu_per_item
 from bench.stats import Result
 from bench.workloads import MLP
+from queueing.server import free_port
 
 HOST = "127.0.0.1"
 LOAD_C = 64
@@ -130,12 +130,6 @@ HELLO = Call("POST", "/hello", ECHO.body, '{"hello":"world"}', {"Content-Type": 
 
 
 # -- servers ---------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def _get(url: str) -> tuple[int, bytes]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -188,12 +189,30 @@ class EmbeddedServer:
         self.stop()
 
 
+def _ephemeral_ports() -> range:
+    """The range the kernel takes outgoing connections' local ports from."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return range(int(low), int(high) + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)  # Linux's default
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 that nothing listens on now, chosen below the kernel's ephemeral
+    range: a port from ``bind(0)`` lies inside it, where any outgoing connection made between
+    this probe and the server's own bind can take it (CI saw a cluster node fail to start so)."""
+    ephemeral = _ephemeral_ports()
+    low, high = (10000, ephemeral.start - 1) if ephemeral.start > 12000 else (ephemeral.stop, 65535)
+    for _ in range(200):
+        port = random.randint(low, high)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise BatchlineError(f"no free TCP port on 127.0.0.1 in {low}-{high}")
 
 
 @dataclass
@@ -269,25 +288,31 @@ class EmbeddedCluster:
     def start(self, timeout: float = 30.0) -> EmbeddedCluster:
         """Start the nodes. A folder that held this cluster before (``ports.json``, each node's
         ``nodes.conf`` and AOF) starts it again as it was, on the same ports, with its data;
-        otherwise a new cluster is formed."""
+        otherwise a new cluster is formed, on fresh ports. A node of a new cluster that exits
+        at start (its port taken between the probe and its bind) is tried again on others.
+        Whatever fails, no node is left running."""
         count = self.masters * (1 + self.replicas)
         ports_file = self.data_dir / "ports.json"
         known = json.loads(ports_file.read_text()) if ports_file.exists() else None
         again = known is not None and len(known) == count
-        for index in range(count):
-            node_dir = self.data_dir / f"node-{index}"
-            node_dir.mkdir(parents=True, exist_ok=True)
-            port, bus_port = known[index] if again and known else (free_port(), free_port())
-            self.nodes.append(ClusterNode(port, bus_port, node_dir))
-        for node in self.nodes:
-            self._spawn(node)
         limit = time.monotonic() + timeout
-        for node in self.nodes:
-            self._wait_answers(node, limit)
-        if again:
-            self._wait(limit, self.healthy)
-            return self
-        self._form(count, limit)
+        try:
+            for index in range(count):
+                node_dir = self.data_dir / f"node-{index}"
+                node_dir.mkdir(parents=True, exist_ok=True)
+                port, bus_port = known[index] if again and known else (free_port(), free_port())
+                node = ClusterNode(port, bus_port, node_dir)
+                self.nodes.append(node)
+                self._spawn(node)
+            for node in self.nodes:
+                self._wait_answers(node, limit, fresh_ports=not again)
+            if again:
+                self._wait(limit, self.healthy)
+                return self
+            self._form(count, limit)
+        except BaseException:
+            self.stop()
+            raise
         ports_file.write_text(json.dumps([[n.port, n.bus_port] for n in self.nodes]))
         return self
 
@@ -323,19 +348,27 @@ class EmbeddedCluster:
             start_new_session=True,
         )
 
-    def _wait_answers(self, node: ClusterNode, limit: float) -> None:
-        with contextlib.closing(node.client()) as client:
+    def _wait_answers(self, node: ClusterNode, limit: float, *, fresh_ports: bool = False) -> None:
+        """Until ``node`` answers PING. With ``fresh_ports``, a node that exits at start is
+        spawned again on new ports, a few times."""
+        retries = 3 if fresh_ports else 0
+        with contextlib.ExitStack() as stack:
+            client = stack.enter_context(contextlib.closing(node.client()))
             while True:
                 if node.process is not None and node.process.poll() is not None:
-                    raise BatchlineError(
-                        f"{self.binary} exited with {node.process.returncode} at start; see "
-                        f"{node.data_dir / 'server.log'}"
-                    )
+                    if retries == 0:
+                        raise BatchlineError(
+                            f"{self.binary} exited with {node.process.returncode} at start; see "
+                            f"{node.data_dir / 'server.log'}"
+                        )
+                    retries -= 1
+                    node.port, node.bus_port = free_port(), free_port()
+                    self._spawn(node)
+                    client = stack.enter_context(contextlib.closing(node.client()))
                 with contextlib.suppress(*REDIS_DOWN):
                     if client.ping():
                         return
                 if time.monotonic() > limit:
-                    self.stop()
                     raise BatchlineError(f"{self.binary} on port {node.port} did not answer")
                 time.sleep(0.02)
 

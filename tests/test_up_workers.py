@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 
 from batchline.up import DEFAULT_WORKERS, WORKER_MODES, worker_processes
 from pipelines.examples import composed, echo
+from queueing.server import free_port
 from tests.conftest import ROOT
 
 PIPELINES = "pipelines.examples.echo,pipelines.examples.composed"
@@ -39,13 +39,6 @@ def test_each_mode_groups_the_stages_into_processes() -> None:
     assert DEFAULT_WORKERS in WORKER_MODES
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _children(pid: int) -> list[int]:
     found: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -62,7 +55,7 @@ def up(tmp_path: Path) -> Iterator[Any]:
     started: list[subprocess.Popen[bytes]] = []
 
     def start(mode: str) -> tuple[subprocess.Popen[bytes], str]:
-        port = _free_port()
+        port = free_port()
         env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "BATCHLINE_REDIS_URL")}
         env.update(
             {

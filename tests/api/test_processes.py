@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import redis
 
 from batchline.up import Output, ServerKeeper, start_embedded
 from queueing.errors import ConfigError
-from queueing.server import EmbeddedServer
+from queueing.server import EmbeddedServer, free_port
 from queueing.settings import Settings
 from tests.api.conftest import LiveGateway
 from tests.api.test_pipelines import live_workers
@@ -90,13 +89,6 @@ def test_honcho_scales_workers_that_all_consume(
     output = log.read_text()
     assert "worker.1" in output
     assert "worker.2" in output
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_batchline_up_runs_everything_and_one_ctrl_c_stops_it(tmp_path: Path) -> None:
