@@ -228,8 +228,14 @@ class ClusterNode:
     def name(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=5.0, socket_connect_timeout=2.0)
+    def client(self, *, retry: bool = True) -> redis.Redis:
+        """A client of this node; without ``retry``, a call fails at once when it is down."""
+        if retry:
+            return redis.Redis(port=self.port, socket_timeout=5.0, socket_connect_timeout=2.0)
+        once = redis.retry.Retry(redis.backoff.NoBackoff(), 0)
+        return redis.Redis(
+            port=self.port, socket_timeout=5.0, socket_connect_timeout=2.0, retry=once
+        )
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -353,7 +359,7 @@ class EmbeddedCluster:
         spawned again on new ports, a few times."""
         retries = 3 if fresh_ports else 0
         with contextlib.ExitStack() as stack:
-            client = stack.enter_context(contextlib.closing(node.client()))
+            client = stack.enter_context(contextlib.closing(node.client(retry=False)))
             while True:
                 if node.process is not None and node.process.poll() is not None:
                     if retries == 0:
@@ -364,7 +370,7 @@ class EmbeddedCluster:
                     retries -= 1
                     node.port, node.bus_port = free_port(), free_port()
                     self._spawn(node)
-                    client = stack.enter_context(contextlib.closing(node.client()))
+                    client = stack.enter_context(contextlib.closing(node.client(retry=False)))
                 with contextlib.suppress(*REDIS_DOWN):
                     if client.ping():
                         return
