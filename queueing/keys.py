@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 _JOB_ID = re.compile(r"([0-9]{1,4})-([0-9a-f]{32})")
@@ -21,6 +22,13 @@ SETTINGS_FIELD_PREFIX = "settings:"
 def new_job_id(partition: int) -> str:
     """A job id: its partition, then 128 random bits (unguessable)."""
     return f"{partition}-{secrets.token_hex(16)}"
+
+
+def new_job_ids(partitions: Sequence[int]) -> list[str]:
+    """:func:`new_job_id` for each of ``partitions``, from one read of the system's random
+    source (a read per id cost a submit of many jobs a system call each)."""
+    tokens = secrets.token_hex(16 * len(partitions))
+    return [f"{p}-{tokens[32 * i : 32 * i + 32]}" for i, p in enumerate(partitions)]
 
 
 def partition_of(job_id: str) -> int:

@@ -33,7 +33,7 @@ from queueing.errors import (
     UnknownJob,
 )
 from queueing.jobs import JobStatus, Snapshot
-from queueing.keys import Keys, is_job_id, new_job_id, partition_of
+from queueing.keys import Keys, is_job_id, new_job_ids, partition_of
 from queueing.lanes import DEFAULT_LANE, check_lane
 from queueing.message import JSON, encode_payload
 from queueing.registry import PipelineSpec
@@ -112,11 +112,12 @@ class SubmitPlan:
         # all or none; a keyed input lives where its key hashes.
         shared = core.partition_for(spec.name, None)
         # Everything that can fail (encoding) before anything is added to the plan.
+        partitions = [shared if k is None else core.partition_for(spec.name, k) for k in keys]
         placed: list[tuple[int, NewJob]] = []
-        for value, idem in zip(inputs, keys, strict=True):
+        for value, idem, partition, job_id in zip(
+            inputs, keys, partitions, new_job_ids(partitions), strict=True
+        ):
             fmt, data = encode_payload(value)
-            partition = shared if idem is None else core.partition_for(spec.name, idem)
-            job_id = new_job_id(partition)
             placed.append(
                 (
                     partition,

@@ -12,7 +12,7 @@ import redis
 
 from queueing.client import Client
 from queueing.errors import DecodeError
-from queueing.keys import Keys, check_name, is_job_id, new_job_id, partition_of
+from queueing.keys import Keys, check_name, is_job_id, new_job_id, new_job_ids, partition_of
 from queueing.message import JSON, Message, dumps, job_id_of, loads
 from queueing.registry import PipelineSpec, StageSpec, lookup, parse_registry
 from queueing.settings import Settings
@@ -39,6 +39,17 @@ def test_job_ids_carry_the_partition_and_128_random_bits() -> None:
     for position in range(32):
         assert len({r[position] for r in randoms}) == 16
     assert int(max(randoms), 16).bit_length() > 120
+
+
+def test_job_ids_made_together_are_as_random_as_ids_made_alone() -> None:
+    partitions = [i % 5 for i in range(2000)]
+    ids = new_job_ids(partitions)
+    assert len(set(ids)) == 2000
+    assert [partition_of(job_id) for job_id in ids] == partitions
+    randoms = [job_id.split("-", 1)[1] for job_id in ids]
+    for position in range(32):
+        assert len({r[position] for r in randoms}) == 16
+    assert new_job_ids([]) == []
 
 
 @pytest.mark.parametrize(
