@@ -62,14 +62,12 @@ class Start(enum.StrEnum):
     """Its record is gone."""
 
 
-def _entry_order(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq)
-
-
 def entry_range(entry_ids: Sequence[str]) -> tuple[str, str]:
     """The lowest and highest of some stream entry ids (``<ms>-<seq>``)."""
-    return min(entry_ids, key=_entry_order), max(entry_ids, key=_entry_order)
+    # (each id parsed once: this runs for every item a worker finishes)
+    orders = [(int(ms), int(seq)) for ms, _, seq in (e.partition("-") for e in entry_ids)]
+    (low_ms, low_seq), (high_ms, high_seq) = min(orders), max(orders)
+    return f"{low_ms}-{low_seq}", f"{high_ms}-{high_seq}"
 
 
 def fenced_args(
