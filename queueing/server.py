@@ -74,20 +74,10 @@ def server_answers(socket: str | os.PathLike[str], timeout: float = 2.0) -> bool
         probe.close()
 
 
-COMPACT_HASHES = ("--hash-max-listpack-value", "1024")
-"""A job's record is a hash whose stage timings (and often its result) are longer than the
-64 bytes up to which a server keeps a hash as one compact listpack by default; past that, each
-finished job's record was converted to a hashtable: measured on echo, about 4 µs more server
-time per job at FINISH and 684 rather than 480 bytes per record. (The same setting is advised
-for a server batchline does not start: see the README.)"""
-
-
 def durable_options(data_dir: Path, appendfsync: str) -> list[str]:
     """The options every embedded server runs with: its folder, AOF on, no RDB snapshots, in
-    the foreground, logging to ``server.log`` there; and job records kept compact (see
-    :data:`COMPACT_HASHES`)."""
+    the foreground, logging to ``server.log`` there."""
     return [
-        *COMPACT_HASHES,
         "--dir",
         str(data_dir),
         "--appendonly",
