@@ -58,6 +58,16 @@ from queueing.settings import Settings
 IMAGE = "batchline:cpu"
 """The image every service runs (``docker build -f deploy/Dockerfile -t batchline:cpu .``)."""
 REDIS_IMAGE = "redis:7.4"
+REDIS_ARGS = (
+    "--appendonly",
+    "yes",
+    "--appendfsync",
+    "everysec",
+    "--maxmemory-policy",
+    "noeviction",
+)
+"""The server's options: AOF (an accepted job survives a crash of the server) and no eviction
+(the only safe policy for a queue)."""
 UID = 10001
 """The image's non-root user (``USER 10001`` in deploy/Dockerfile)."""
 PORT = 8000
@@ -146,15 +156,7 @@ def compose(settings: Settings, procs: Sequence[Process]) -> dict[str, Any]:
     services: dict[str, Any] = {
         "redis": {
             "image": REDIS_IMAGE,
-            "command": [
-                "redis-server",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-                "--maxmemory-policy",
-                "noeviction",
-            ],
+            "command": ["redis-server", *REDIS_ARGS],
             "volumes": ["redis-data:/data"],
             "healthcheck": {
                 "test": ["CMD", "redis-cli", "ping"],
@@ -269,14 +271,7 @@ def kubernetes(
                         {
                             "name": "redis",
                             "image": REDIS_IMAGE,
-                            "args": [
-                                "--appendonly",
-                                "yes",
-                                "--appendfsync",
-                                "everysec",
-                                "--maxmemory-policy",
-                                "noeviction",
-                            ],
+                            "args": list(REDIS_ARGS),
                             "ports": [{"containerPort": 6379, "name": "redis"}],
                             "volumeMounts": [{"name": "data", "mountPath": "/data"}],
                             "readinessProbe": {
