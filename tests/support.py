@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 import redis
 
@@ -66,6 +67,14 @@ def register(settings: Settings, *pipelines: Pipeline) -> None:
             await client.aclose()
 
     asyncio.run(go())
+
+
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started (and has not waited for), from /proc."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:

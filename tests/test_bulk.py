@@ -3,6 +3,7 @@ the real server. A SIGKILLed rq worker's job resumes from its checkpoint."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
@@ -26,7 +27,7 @@ from queueing.errors import ConfigError
 from queueing.settings import Settings
 from tests.bulk_pipelines import GATE, t_gate
 from tests.conftest import ROOT, worker_env
-from tests.support import Workers, register, wait_exit, wait_until
+from tests.support import Workers, children, register, wait_exit, wait_until
 from workers.bulk import count_rows
 
 SEEN = "test:seen:t_gate.model"
@@ -38,8 +39,10 @@ def bulk_settings(settings: Settings) -> Settings:
 
 
 class RqWorkers:
-    """Real ``rq worker batchline-bulk`` processes, each in its own process group (a plain rq
-    worker forks a work horse per job: killing the group kills both, as a lost machine would)."""
+    """Real ``rq worker batchline-bulk`` processes, each in its own process group. A plain rq
+    worker forks a work horse per job into a process group of its own (``os.setpgrp``):
+    :meth:`kill` kills both, as a lost machine would (killing the worker's group alone left
+    the horse running the job to its end)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -56,14 +59,17 @@ class RqWorkers:
         return process
 
     def kill(self, process: subprocess.Popen[bytes]) -> None:
+        horses = children(process.pid)
         os.killpg(process.pid, signal.SIGKILL)
+        for horse in horses:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(horse, signal.SIGKILL)
         process.wait(10)
 
     def close(self) -> None:
         for process in self.processes:
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
+                self.kill(process)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from batchline.up import DEFAULT_WORKERS, WORKER_MODES, worker_processes
 from pipelines.examples import composed, echo
 from queueing.server import free_port
 from tests.conftest import ROOT
+from tests.support import children
 
 PIPELINES = "pipelines.examples.echo,pipelines.examples.composed"
 READY_S = 60.0
@@ -37,13 +38,6 @@ def test_each_mode_groups_the_stages_into_processes() -> None:
     ]
     assert worker_processes(topologies, "one") == [("worker", ["echo", "composed"])]
     assert DEFAULT_WORKERS in WORKER_MODES
-
-
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(c) for c in (task / "children").read_text().split()]
-    return found
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -104,7 +98,7 @@ def _serve_and_check(process: subprocess.Popen[bytes], base: str, workers: int) 
         }
         answer = http.post("/v1/pipelines/composed", json={"input": {"data": [0.5, 1.5]}}).json()
         assert answer["status"] == "done", answer
-    commands = [_cmdline(pid) for pid in _children(process.pid)]
+    commands = [_cmdline(pid) for pid in children(process.pid)]
     assert sum("worker" in c for c in commands) == workers, commands
     assert sum("web" in c for c in commands) == 1
 
