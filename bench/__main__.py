@@ -41,7 +41,7 @@ from bench.harness import (
 from bench.registry import SCENARIOS, Scenario, select
 from bench.stats import Result
 
-SCENARIO_MODULES = ("bench.scenarios_queue", "bench.scenarios_floor", "bench.scenarios_compose", "bench.scenarios_rq", "bench.scenarios_adapters", "bench.scenarios_http", "bench.scenarios_bulk", "bench.scenarios_cluster", "bench.scenarios_batching", "bench.scenarios_streaming", "bench.scenarios_priority")  # fmt: skip
+SCENARIO_MODULES = ("bench.scenarios_queue", "bench.scenarios_floor", "bench.scenarios_scripts", "bench.scenarios_compose", "bench.scenarios_rq", "bench.scenarios_adapters", "bench.scenarios_http", "bench.scenarios_bulk", "bench.scenarios_cluster", "bench.scenarios_batching", "bench.scenarios_streaming", "bench.scenarios_priority")  # fmt: skip
 """Imported in this order; their scenarios run in the order they are registered."""
 
 RESULTS_DIR = ROOT / "bench" / "results"
