@@ -172,6 +172,9 @@ class JobDocument(BaseModel):
     url: str
     status: str = Field(description="queued, running, done, failed, expired or cancelled")
     pipeline: str
+    priority: Literal["high", "normal", "low"] = Field(
+        description="The priority lane it waits in at every stage (given on submit)"
+    )
     created_at: float
     started_at: float | None
     finished_at: float | None

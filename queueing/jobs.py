@@ -76,6 +76,8 @@ class JobRecord:
     error_stage: str | None = None
     owner: str | None = None
     timings: list[StageTiming] = field(default_factory=list)
+    priority: str = "normal"
+    """The lane it waits in at every stage: ``high``, ``normal`` or ``low``."""
 
     @classmethod
     def from_hash(cls, job_id: str, raw: Mapping[Any, Any]) -> JobRecord:
@@ -127,8 +129,9 @@ class Snapshot:
     a read of its hash gives. ``document()`` renders it without parsing its result.
 
     A notice is ``<job> <status> <stage> <pipeline> <created_at> <started_at> <finished_at>
-    <#timings> <#value>\n<timings><value>``; one pub/sub message carries the notices of one
-    script call. ``timings`` are the stages' timing objects, comma-joined; ``value`` is the
+    <#timings> <#value> <lane>\n<timings><value>``; one pub/sub message carries the notices of
+    one script call. (A notice without its lane, from a worker of before lanes were in notices,
+    is read as ``normal``.) ``timings`` are the stages' timing objects, comma-joined; ``value`` is the
     result's JSON (done), the error text (failed, expired, cancelled), or empty (live)."""
 
     job_id: str
@@ -147,7 +150,7 @@ class Snapshot:
     """A job with a webhook: its deliveries as a JSON object (url, attempts, last_status,
     last_error, final), for the document."""
     lane: str = "normal"
-    """Its priority lane (read from a record; a notice does not carry it)."""
+    """Its priority lane (``high``, ``normal``, ``low``)."""
 
     @classmethod
     def decode_all(cls, data: bytes) -> list[Snapshot]:
@@ -155,9 +158,20 @@ class Snapshot:
         notices, at = [], 0
         while at < len(data):
             newline = data.index(b"\n", at)
-            job_id, status, stage, pipeline, created, started, finished, n_timings, n_value = data[
-                at:newline
-            ].split(b" ")
+            (
+                job_id,
+                status,
+                stage,
+                pipeline,
+                created,
+                started,
+                finished,
+                n_timings,
+                n_value,
+                *lane,
+            ) = data[at:newline].split(b" ")
+            if len(lane) > 1:
+                raise ValueError("a notice with too many fields")
             timings_end = newline + 1 + int(n_timings)
             end = timings_end + int(n_value)
             if end > len(data):
@@ -173,6 +187,7 @@ class Snapshot:
                     stage.decode() or None,
                     data[newline + 1 : timings_end],
                     data[timings_end:end],
+                    lane=lane[0].decode() if lane else "normal",
                 )
             )
             at = end
@@ -239,15 +254,20 @@ class Snapshot:
             error_stage=self.stage if finished else None,
             owner=self.owner,
             timings=self.timing_list(),
+            priority=self.lane,
         )
 
     def document(self, url: str) -> bytes:
         """The public view as JSON (the gateway's job document), the result spliced in as
         stored rather than parsed and re-encoded."""
-        head = b'{"id":"%s","status":"%s","pipeline":%s,"created_at":%s,"started_at":%s,' % (
+        head = (
+            b'{"id":"%s","status":"%s","pipeline":%s,"priority":"%s","created_at":%s,'
+            b'"started_at":%s,'
+        ) % (
             self.job_id.encode(),
             self.status.value.encode(),
             dumps(self.pipeline),
+            self.lane.encode(),
             self.created_at or b"null",
             self.started_at or b"null",
         )

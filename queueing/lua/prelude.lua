@@ -37,9 +37,9 @@ end
 
 -- End a live job and queue its wake-up for every waiter's channel (sent by flush_notices). The
 -- notice is the whole job document, so no waiter has to read the record back:
--- '<job> <status> <stage> <pipeline> <created_at> <started_at> <finished_at> <#timings> <#value>\n'
--- then the timings and the value (result JSON, or the error text).
--- state: the job's HMGET of status, reply, pipeline, created_at, started_at, timings, ttl.
+-- '<job> <status> <stage> <pipeline> <created_at> <started_at> <finished_at> <#timings> <#value>
+-- <lane>\n' then the timings and the value (result JSON, or the error text).
+-- state: the job's HMGET of status, reply, pipeline, created_at, started_at, timings, ttl, lane.
 local function end_job(job, job_id, state, status, value, now, ttl, stage, timing)
   local field = status == 'done' and 'result' or 'error'
   local timings = joined(state[6], timing)
@@ -50,7 +50,7 @@ local function end_job(job, job_id, state, status, value, now, ttl, stage, timin
   if not reply or reply == '' then return end
   -- (kept as parts, joined once per channel by flush_notices: a value is copied once)
   local head = table.concat({job_id, status, stage, state[3] or '', state[4] or '',
-    state[5] or '', now, #timings, #value}, ' ') .. '\n'
+    state[5] or '', now, #timings, #value, state[8] or 'normal'}, ' ') .. '\n'
   if not string.find(reply, ' ', 1, true) then
     queue_notice(reply, head, timings, value)
   else
@@ -61,7 +61,7 @@ end
 -- The fields end_job needs, in its order.
 local function job_state(job)
   return redis.call('HMGET', job, 'status', 'reply', 'pipeline', 'created_at', 'started_at',
-    'timings', 'ttl')
+    'timings', 'ttl', 'lane')
 end
 
 -- One SPUBLISH per channel for all the wake-ups of this call (sharded pub/sub: the channel is

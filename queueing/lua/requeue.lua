@@ -24,7 +24,7 @@ for i = 1, #raw, 2 do fields[raw[i]] = raw[i + 1] end
 if fields.job ~= job_id or fields.data == nil then return {'gone'} end
 
 local state = redis.call('HMGET', job, 'status', 'final_stage', 'reply', 'pipeline', 'created_at',
-  'webhook')
+  'webhook', 'lane')
 if not state[1] then return {'missing'} end
 if state[1] ~= 'failed' or state[2] ~= stage then return {'ended', state[1], state[2] or ''} end
 
@@ -42,7 +42,7 @@ local reply = state[3]
 if reply and reply ~= '' then
   -- (the notice format of end_job, for a live job: no times, timings or value)
   local head = table.concat({job_id, 'queued', stage, state[4] or '', state[5] or '', '', '',
-    0, 0}, ' ') .. '\n'
+    0, 0, state[7] or 'normal'}, ' ') .. '\n'
   for channel in string.gmatch(reply, '%S+') do queue_notice(channel, head, '', '') end
   flush_notices()
 end

@@ -31,10 +31,12 @@ def test_a_job_submitted_high_runs_in_the_high_lane(
 
     workers("echo")
     done = http.get(job["url"], params={"wait": 30}).json()
-    assert (done["status"], done["result"]) == ("done", {"x": 1})
+    assert (done["status"], done["result"], done["priority"]) == ("done", {"x": 1}, "high")
+    # (a synchronous run answers from the end's notice, which carries the lane too)
     run = http.post("/v1/pipelines/echo", json={"input": 4, "priority": "low"})
     assert run.status_code == 200, run.text
-    assert run.json()["result"] == 4
+    assert (run.json()["result"], run.json()["priority"]) == (4, "low")
+    assert http.post("/v1/pipelines/echo", json={"input": 5}).json()["priority"] == "normal"
 
 
 @pytest.mark.parametrize("bad", ["urgent", "", "HIGH", 1, True, ["high"], {"lane": "high"}])

@@ -12,8 +12,10 @@ from queueing.jobs import JobStatus, Snapshot
 TIMING = b'{"stage":"p.s","queue_wait_s":0.5,"batch_size":4,"compute_s":0.25,"started_at":12.0}'
 
 
-def notice(job_id: str, status: str, stage: str, value: bytes, timings: bytes = TIMING) -> bytes:
-    head = f"{job_id} {status} {stage} p 10.0 12.0 13.5 {len(timings)} {len(value)}\n"
+def notice(
+    job_id: str, status: str, stage: str, value: bytes, timings: bytes = TIMING, lane: str = "low"
+) -> bytes:
+    head = f"{job_id} {status} {stage} p 10.0 12.0 13.5 {len(timings)} {len(value)} {lane}\n"
     return head.encode() + timings + value
 
 
@@ -31,6 +33,18 @@ def test_one_message_carries_several_notices_each_decoded_whole() -> None:
     with pytest.raises(JobFailed, match="ValueError: no"):
         failed.outcome()
     assert failed.record().timings == []
+    assert (done.lane, done.record().priority) == ("low", "low")
+    assert orjson.loads(done.document("/v1/jobs/x"))["priority"] == "low"
+
+
+def test_a_notice_without_its_lane_is_of_the_normal_lane_and_one_with_more_is_refused() -> None:
+    """(A worker of before notices carried the lane writes none: a rolling upgrade.)"""
+    (old,) = Snapshot.decode_all(
+        notice("0-" + "a" * 32, "done", "p.s", b"1", lane="").replace(b" \n", b"\n", 1)
+    )
+    assert (old.lane, old.outcome()) == ("normal", 1)
+    with pytest.raises(ValueError, match="too many fields"):
+        Snapshot.decode_all(notice("0-" + "a" * 32, "done", "p.s", b"1", lane="low extra"))
 
 
 def test_a_truncated_notice_is_refused() -> None:
@@ -46,6 +60,7 @@ def test_the_document_is_the_record_in_json(status: str) -> None:
         b"pipeline": b"p",
         b"stage": b"p.s",
         b"created_at": b"10.0",
+        b"lane": b"high",
     }
     if status != "queued":
         raw[b"started_at"] = b"12.0"
@@ -62,6 +77,7 @@ def test_the_document_is_the_record_in_json(status: str) -> None:
     assert doc["url"] == f"/v1/jobs/{job_id}"
     assert doc["status"] == status
     assert doc["pipeline"] == "p"
+    assert doc["priority"] == record.priority == "high"
     assert (doc["created_at"], doc["started_at"], doc["finished_at"]) == (
         record.created_at,
         record.started_at,
