@@ -131,8 +131,9 @@ class Snapshot:
     A notice is ``<job> <status> <stage> <pipeline> <created_at> <started_at> <finished_at>
     <#timings> <#value> <lane>\n<timings><value>``; one pub/sub message carries the notices of
     one script call. (A notice without its lane, from a worker of before lanes were in notices,
-    is read as ``normal``.) ``timings`` are the stages' timing objects, comma-joined; ``value`` is the
-    result's JSON (done), the error text (failed, expired, cancelled), or empty (live)."""
+    is read as ``normal``.) ``timings`` are the stages' timing objects, comma-joined;
+    ``value`` is the result's JSON (done), the error text (failed, expired, cancelled), or
+    empty (live)."""
 
     job_id: str
     status: JobStatus

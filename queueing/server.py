@@ -203,16 +203,20 @@ def free_port() -> int:
     range: a port from ``bind(0)`` lies inside it, where any outgoing connection made between
     this probe and the server's own bind can take it (CI saw a cluster node fail to start so)."""
     ephemeral = _ephemeral_ports()
-    low, high = (10000, ephemeral.start - 1) if ephemeral.start > 12000 else (ephemeral.stop, 65535)
-    for _ in range(200):
-        port = random.randint(low, high)
+    below, above = range(10000, ephemeral.start), range(ephemeral.stop, 65536)
+    choices = max(below, above, key=len)
+    for _ in range(200 if len(choices) > 1000 else 0):  # (no room outside it: any free port)
+        port = random.choice(choices)
         with socket.socket() as probe:
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:
                 continue
             return port
-    raise BatchlineError(f"no free TCP port on 127.0.0.1 in {low}-{high}")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        found: int = probe.getsockname()[1]
+        return found
 
 
 @dataclass
@@ -369,6 +373,8 @@ class EmbeddedCluster:
                         )
                     retries -= 1
                     node.port, node.bus_port = free_port(), free_port()
+                    # (what the failed start wrote of itself names the ports it did not get)
+                    (node.data_dir / "nodes.conf").unlink(missing_ok=True)
                     self._spawn(node)
                     client = stack.enter_context(contextlib.closing(node.client(retry=False)))
                 with contextlib.suppress(*REDIS_DOWN):

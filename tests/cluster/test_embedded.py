@@ -29,14 +29,15 @@ def test_free_ports_lie_outside_the_range_outgoing_connections_take() -> None:
     assert all(free_port() not in ephemeral for _ in range(50))
 
 
+@pytest.mark.parametrize("taken", ["port", "bus_port"])
 def test_a_node_whose_port_is_taken_starts_on_others(
-    tmp_path: Path, taken_port: int, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, taken_port: int, monkeypatch: pytest.MonkeyPatch, taken: str
 ) -> None:
-    ports = iter([taken_port])
+    ports = iter([free_port(), taken_port] if taken == "bus_port" else [taken_port])
     monkeypatch.setattr(queueing.server, "free_port", lambda: next(ports, None) or free_port())
     with EmbeddedCluster(tmp_path / "c", _binary(), masters=1, partitions=2) as cluster:
         (node,) = cluster.nodes
-        assert node.port != taken_port
+        assert taken_port not in (node.port, node.bus_port)
         with node.client() as client:
             assert b"cluster_state:ok" in client.execute_command("CLUSTER", "INFO")
 
