@@ -16,7 +16,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,15 +198,22 @@ def _ephemeral_ports() -> range:
         return range(32768, 61000)  # Linux's default
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now, chosen below the kernel's ephemeral
-    range: a port from ``bind(0)`` lies inside it, where any outgoing connection made between
-    this probe and the server's own bind can take it (CI saw a cluster node fail to start so)."""
+_RANDOM = random.SystemRandom()
+"""(not the global generator: code that seeds that one would make processes draw alike)"""
+
+
+def free_port(exclude: Collection[int] = ()) -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now and not in ``exclude`` (ports handed
+    out already, not yet bound), chosen below the kernel's ephemeral range: a port from
+    ``bind(0)`` lies inside it, where any outgoing connection made between this probe and the
+    server's own bind can take it (CI saw a cluster node fail to start so)."""
     ephemeral = _ephemeral_ports()
     below, above = range(10000, ephemeral.start), range(ephemeral.stop, 65536)
     choices = max(below, above, key=len)
     for _ in range(200 if len(choices) > 1000 else 0):  # (no room outside it: any free port)
-        port = random.choice(choices)
+        port = _RANDOM.choice(choices)
+        if port in exclude:
+            continue
         with socket.socket() as probe:
             try:
                 probe.bind(("127.0.0.1", port))
@@ -300,7 +307,7 @@ class EmbeddedCluster:
         ``nodes.conf`` and AOF) starts it again as it was, on the same ports, with its data;
         otherwise a new cluster is formed, on fresh ports. A node of a new cluster that exits
         at start (its port taken between the probe and its bind) is tried again on others.
-        Whatever fails, no node is left running."""
+        Whatever fails, no node is left running (and a new cluster leaves no ``nodes.conf``)."""
         count = self.masters * (1 + self.replicas)
         ports_file = self.data_dir / "ports.json"
         known = json.loads(ports_file.read_text()) if ports_file.exists() else None
@@ -310,7 +317,7 @@ class EmbeddedCluster:
             for index in range(count):
                 node_dir = self.data_dir / f"node-{index}"
                 node_dir.mkdir(parents=True, exist_ok=True)
-                port, bus_port = known[index] if again and known else (free_port(), free_port())
+                port, bus_port = known[index] if again and known else self._fresh_ports()
                 node = ClusterNode(port, bus_port, node_dir)
                 self.nodes.append(node)
                 self._spawn(node)
@@ -322,6 +329,10 @@ class EmbeddedCluster:
             self._form(count, limit)
         except BaseException:
             self.stop()
+            if not again:
+                for node in self.nodes:
+                    (node.data_dir / "nodes.conf").unlink(missing_ok=True)
+            self.nodes = []
             raise
         ports_file.write_text(json.dumps([[n.port, n.bus_port] for n in self.nodes]))
         return self
@@ -358,9 +369,16 @@ class EmbeddedCluster:
             start_new_session=True,
         )
 
+    def _fresh_ports(self) -> tuple[int, int]:
+        """A new node's port and bus port: free, and not handed to another node of ours."""
+        taken = {port for node in self.nodes for port in (node.port, node.bus_port)}
+        port = free_port(exclude=taken)
+        return port, free_port(exclude=taken | {port})
+
     def _wait_answers(self, node: ClusterNode, limit: float, *, fresh_ports: bool = False) -> None:
-        """Until ``node`` answers PING. With ``fresh_ports``, a node that exits at start is
-        spawned again on new ports, a few times."""
+        """Until ``node`` itself answers (a server of another process on its port does not
+        count). With ``fresh_ports``, a node that exits at start is spawned again on new
+        ports, a few times."""
         retries = 3 if fresh_ports else 0
         with contextlib.ExitStack() as stack:
             client = stack.enter_context(contextlib.closing(node.client(retry=False)))
@@ -372,13 +390,14 @@ class EmbeddedCluster:
                             f"{node.data_dir / 'server.log'}"
                         )
                     retries -= 1
-                    node.port, node.bus_port = free_port(), free_port()
+                    node.port, node.bus_port = self._fresh_ports()
                     # (what the failed start wrote of itself names the ports it did not get)
                     (node.data_dir / "nodes.conf").unlink(missing_ok=True)
                     self._spawn(node)
                     client = stack.enter_context(contextlib.closing(node.client(retry=False)))
                 with contextlib.suppress(*REDIS_DOWN):
-                    if client.ping():
+                    server: Any = client.info("server")
+                    if node.process is not None and server["process_id"] == node.process.pid:
                         return
                 if time.monotonic() > limit:
                     raise BatchlineError(f"{self.binary} on port {node.port} did not answer")

@@ -73,6 +73,8 @@ def test_a_submit_lands_in_its_lane_and_its_record_keeps_the_lane(
         normal = client.submit("echo", 4)
         with pytest.raises(ValueError, match="unknown priority"):
             client.submit("echo", 5, priority="urgent")
+        assert (high.info().priority, low[1].info().priority) == ("high", "low")
+        assert normal.info().priority == "normal"
     assert redis_client.xlen(keys.stream(0, "echo.run", "high")) == 1
     assert redis_client.xlen(keys.stream(0, "echo.run", "low")) == 2
     assert redis_client.xlen(keys.stream(0, "echo.run")) == 1  # normal: the stream of old
