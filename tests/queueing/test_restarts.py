@@ -222,6 +222,26 @@ def _block_server(url: str, loops: int, started: threading.Event) -> None:
         r.close()
 
 
+def _wait_until_busy(url: str, timeout: float = 5.0) -> None:
+    """Until the server has stopped answering (it runs the blocking script): a PING that gets
+    no reply within 50 ms. (A fixed sleep was not enough with the tests run in parallel: the
+    submit could reach the server before the script did.)"""
+    probe = redis.Redis.from_url(
+        url, socket_timeout=0.05, retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0)
+    )
+    limit = time.monotonic() + timeout
+    try:
+        while time.monotonic() < limit:
+            try:
+                probe.ping()
+            except redis.TimeoutError:
+                return
+            time.sleep(0.005)
+        raise AssertionError(f"the server was not held within {timeout}s")
+    finally:
+        probe.close()
+
+
 def test_a_submit_sent_again_after_a_lost_reply_queues_its_jobs_once(
     settings: Settings, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -241,7 +261,7 @@ def test_a_submit_sent_again_after_a_lost_reply_queues_its_jobs_once(
         )
         blocker.start()
         started.wait(5)
-        time.sleep(0.1)  # the script is running
+        _wait_until_busy(settings.redis_url)
         jobs = client.submit_many("echo", ["a", "b", "c"])
         blocker.join(10)
         # Answered as existing: the first attempt ran, the retry found its jobs.
