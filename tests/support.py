@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ from queueing.errors import JobError, ResultTimeout
 from queueing.jobs import JobRecord
 from queueing.keys import Keys
 from queueing.settings import Settings
-from tests.conftest import start_worker
+from tests.conftest import ROOT, start_worker, worker_env
 from workers.worker import publish
 
 KEYS = Keys()
@@ -67,6 +68,20 @@ def register(settings: Settings, *pipelines: Pipeline) -> None:
             await client.aclose()
 
     asyncio.run(go())
+
+
+def batchline_cli(
+    settings: Settings, *args: str, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """``batchline ARGS`` run as a user would, against ``settings`` (its output captured)."""
+    return subprocess.run(
+        [sys.executable, "-m", "batchline", *args],
+        env=worker_env(settings),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def children(pid: int) -> list[int]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import threading
 from typing import Any
 
@@ -17,12 +16,12 @@ from queueing.client import Client, Job
 from queueing.errors import JobFailed
 from queueing.jobs import JobStatus
 from queueing.settings import Settings
-from tests.conftest import ROOT, worker_env
 from tests.poison import POISONED, STAGES, dead_letter_poison, t_poison
 from tests.support import (
     KEYS,
     Workers,
     assert_drained,
+    batchline_cli,
     register,
     stat,
     wait_exit,
@@ -41,14 +40,7 @@ def poison_settings(settings: Settings) -> Settings:
 
 def dlq(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     """``batchline dlq ...`` as an operator runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "batchline", "dlq", *args],
-        env=worker_env(settings),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    return batchline_cli(settings, "dlq", *args, timeout=30)
 
 
 def dead_letter(

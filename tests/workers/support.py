@@ -4,17 +4,16 @@ record."""
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import redis
 
 from queueing.settings import Settings
-from tests.conftest import ROOT, worker_env
 from tests.pipelines import BATCHES, SEEN
 from tests.support import (
     KEYS,
     assert_drained,
     backlog,
+    batchline_cli,
     register,
     stat,
     wait_exit,
@@ -49,11 +48,4 @@ def batches(r: redis.Redis, stage: str) -> list[int]:
 
 def batchline_config(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     """``batchline config ARGS`` (live settings) run as a user would, against ``settings``."""
-    return subprocess.run(
-        [sys.executable, "-m", "batchline", "config", *args],
-        env=worker_env(settings),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return batchline_cli(settings, "config", *args)
