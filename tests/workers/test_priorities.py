@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from typing import Any
 
 import redis
 
+from pipelines.dsl import Pipeline
 from queueing.client import Client
 from queueing.connection import connect_async
 from queueing.jobs import JobStatus
@@ -52,6 +54,39 @@ def _assert_lanes_drained(r: redis.Redis, stages: list[str]) -> None:
             assert _lane_backlog(r, stage, lane) == (0, 0), f"{stage} {lane} after the run"
 
 
+def _flood(
+    pipeline: Pipeline,
+    high: int,
+    low: int,
+    settings: Settings,
+    client: Client,
+    workers: Workers,
+    r: redis.Redis,
+    **extra: Any,
+) -> list[int]:
+    """``high`` high jobs and ``low`` low ones (each input ``{"x": ..., **extra}``) queued,
+    then run by one burst worker: every job done, each run once, the high lane drained before
+    the low one. The ``x`` the model saw, in order."""
+    stage = f"{pipeline.name}.model"
+    register(settings, pipeline)
+    jobs = client.submit_many(
+        pipeline.name, [{"x": i, **extra} for i in range(high)], priority="high"
+    )
+    jobs += client.submit_many(
+        pipeline.name, [{"x": LOW + i, **extra} for i in range(low)], priority="low"
+    )
+    assert wait_exit(workers.start(stage, burst=True, settings=settings), 60) == 0
+    records = wait_finished(jobs, 10)
+    assert [record.status for record in records] == [JobStatus.DONE] * (high + low)
+    order = seen(r, stage)
+    assert sorted(order) == [*range(high), *range(LOW, LOW + low)], "each job ran once"
+    last_high = max(i for i, x in enumerate(order) if x < LOW)
+    last_low = max(i for i, x in enumerate(order) if x >= LOW)
+    assert last_high < last_low, "the high lane drained first"
+    _assert_lanes_drained(r, [stage])
+    return order
+
+
 def test_a_high_job_overtakes_a_low_backlog(
     settings: Settings, client: Client, workers: Workers, redis_client: redis.Redis
 ) -> None:
@@ -81,21 +116,10 @@ def test_the_low_lane_keeps_its_share_under_a_high_flood(
     """180 high and 30 low jobs wait; with weights 8/4/1 and batches of 9, each batch takes 8
     high and 1 low while both wait: the low lane is not starved, the high one goes first."""
     settings = settings.replace(pipelines=PIPELINES)
-    register(settings, t_prio)
-    high = client.submit_many("t_prio", [{"x": i} for i in range(180)], priority="high")
-    low = client.submit_many("t_prio", [{"x": LOW + i} for i in range(30)], priority="low")
-    assert wait_exit(workers.start(STAGE, burst=True, settings=settings), 60) == 0
-    records = wait_finished(high + low, 10)
-    assert [r.status for r in records] == [JobStatus.DONE] * 210
-    order = seen(redis_client, STAGE)
-    assert sorted(order) == [*range(180), *range(LOW, LOW + 30)], "each job ran once"
+    order = _flood(t_prio, 180, 30, settings, client, workers, redis_client)
     lows_early = sum(x >= LOW for x in order[:90])
     # 1 in 9 by the weights: 10 of the first 90 (the bound, not FIFO: 0; no priority: 30).
     assert 5 <= lows_early <= 20, f"{lows_early} low jobs among the first 90 run"
-    last_high = max(i for i, x in enumerate(order) if x < LOW)
-    last_low = max(i for i, x in enumerate(order) if x >= LOW)
-    assert last_high < last_low, "the high lane drained first"
-    _assert_lanes_drained(redis_client, [STAGE])
 
 
 def test_the_low_lane_keeps_its_share_in_batches_of_one(
@@ -104,27 +128,11 @@ def test_the_low_lane_keeps_its_share_in_batches_of_one(
     """Batches of one item under a high flood: each waits in the inbox while the one before
     runs (10 ms), so it is refreshed before it runs; charged once all the same, the low lane
     gets 1 slot in 9 while both wait (before: refreshes starved it, 0 of the first 45)."""
-    stage = "t_prio1.model"
     settings = settings.replace(pipelines=PIPELINES)
-    register(settings, t_prio1)
-    high = client.submit_many(
-        "t_prio1", [{"x": i, "sleep": 0.01} for i in range(90)], priority="high"
-    )
-    low = client.submit_many(
-        "t_prio1", [{"x": LOW + i, "sleep": 0.01} for i in range(20)], priority="low"
-    )
-    assert wait_exit(workers.start(stage, burst=True, settings=settings), 60) == 0
-    records = wait_finished(high + low, 10)
-    assert [r.status for r in records] == [JobStatus.DONE] * 110
-    order = seen(redis_client, stage)
-    assert sorted(order) == [*range(90), *range(LOW, LOW + 20)], "each job ran once"
+    order = _flood(t_prio1, 90, 20, settings, client, workers, redis_client, sleep=0.01)
     lows_early = sum(x >= LOW for x in order[:45])
     # 1 in 9 by the weights: 5 of the first 45 (starved, or first come first served: 0).
     assert 3 <= lows_early <= 8, f"{lows_early} low jobs among the first 45 run"
-    last_high = max(i for i, x in enumerate(order) if x < LOW)
-    last_low = max(i for i, x in enumerate(order) if x >= LOW)
-    assert last_high < last_low, "the high lane drained first"
-    _assert_lanes_drained(redis_client, [stage])
 
 
 def test_displaced_entries_run_while_the_read_loop_blocks(
