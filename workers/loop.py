@@ -444,7 +444,9 @@ class StageLoop:
         if self.handler.is_async:
             return await self.handler.call_batch(values)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, _call_sync, self.handler, values)
+        return await loop.run_in_executor(
+            self._executor, in_model_thread, self.handler.call_batch_sync, values
+        )
 
     async def finish(self, outcomes: list[Outcome]) -> None:
         if not outcomes:
@@ -523,11 +525,6 @@ def in_model_thread(fn: Callable[..., T], *args: Any) -> T:
         return fn(*args)
     with torch.inference_mode():
         return fn(*args)
-
-
-def _call_sync(handler: BatchedHandler[Any], values: list[Any]) -> list[Any]:
-    """Run a sync handler's batch in the model thread."""
-    return in_model_thread(handler.call_batch_sync, values)
 
 
 def _describe(exc: BaseException) -> str:
