@@ -102,31 +102,40 @@ class BatchFormer:
         self._queued = queued
         deliveries, self.carry = self.carry, []
         started = self._carry_since if deliveries else 0.0
-        self.blocked = not deliveries and block_ms is not None
         try:
-            more = await self._refill(queue, deliveries, None if deliveries else block_ms)
-        finally:
-            self.blocked = False
-        self._arrived(more)
-        deliveries += more
-        if not deliveries:
-            return deliveries
-        now = time.monotonic()
-        started = started or now
-        while not self._closed(deliveries):
-            remaining = self._wait_left(len(deliveries), started)
-            if remaining <= 0:
-                break
-            # Poll rather than XREADGROUP BLOCK: a server times out blocked commands only on
-            # its `hz` tick (100 ms by default), which would stretch a 2 ms wait to 100 ms.
-            more = await self._refill(queue, deliveries, None)
-            if more:
-                self._arrived(more)
-                deliveries += more
-            else:
-                await asyncio.sleep(self._pause(remaining))
-        for delivery in deliveries:
-            self.held[delivery.key] = delivery
+            self.blocked = not deliveries and block_ms is not None
+            try:
+                more = await self._refill(queue, deliveries, None if deliveries else block_ms)
+            finally:
+                self.blocked = False
+            self._arrived(more)
+            deliveries += more
+            if not deliveries:
+                return deliveries
+            started = started or time.monotonic()
+            while not self._closed(deliveries):
+                remaining = self._wait_left(len(deliveries), started)
+                if remaining <= 0:
+                    break
+                # Poll rather than XREADGROUP BLOCK: a server times out blocked commands only
+                # on its `hz` tick (100 ms by default), which stretches a 2 ms wait to 100 ms.
+                more = await self._refill(queue, deliveries, None)
+                if more:
+                    self._arrived(more)
+                    deliveries += more
+                else:
+                    await asyncio.sleep(self._pause(remaining))
+        except BaseException:
+            # A read that failed (Redis went away; the loop reads again once it is back) or
+            # was cancelled: what it had in hand, pending on this consumer, is carried, first
+            # in the next batch. Dropped, entries carried before would stay held, touched by
+            # every heartbeat, so that no worker would ever claim them.
+            self._hold(deliveries)
+            if deliveries:
+                self._carry_since = started or time.monotonic()
+            self.carry = deliveries + self.carry
+            raise
+        self._hold(deliveries)
         return self._form(deliveries)
 
     async def refresh(self, queue: _Readable, batch: list[Delivery]) -> list[Delivery]:
@@ -150,8 +159,7 @@ class BatchFormer:
         more = await queue.read(max(wanted.values()), None, lanes=list(wanted)) if wanted else []
         if more:
             self._arrived(more)
-            for delivery in more:
-                self.held[delivery.key] = delivery
+            self._hold(more)
         # (taken after the read: no await between this and _form, so no entry is carried twice)
         above = [d for d in self.carry if RANK[d.lane] < lowest]
         if not more and not above:
@@ -260,6 +268,11 @@ class BatchFormer:
         if busy > 0:
             return min(busy, remaining)
         return max(remaining / 4, MIN_POLL_S)
+
+    def _hold(self, deliveries: list[Delivery]) -> None:
+        """Entries in hand from now on: touched by heartbeats until they are finished."""
+        for delivery in deliveries:
+            self.held[delivery.key] = delivery
 
     def _arrived(self, deliveries: list[Delivery]) -> None:
         if deliveries:

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import pytest
+import redis
 
 from queueing.keys import new_job_id
 from queueing.lanes import LANES
@@ -170,3 +171,49 @@ def test_displaced_entries_can_be_taken_while_a_read_blocks() -> None:
         assert not former.blocked
 
     asyncio.run(go())
+
+
+class FailingAfter:
+    """``FloodQueue`` that hands out one entry per lane and read, and whose reads fail (Redis
+    unreachable) after the first ``fine``."""
+
+    def __init__(self, queue: FloodQueue, fine: int) -> None:
+        self.queue = queue
+        self.fine = fine
+
+    async def read(
+        self, count: int, block_ms: int | None, *, lanes: Iterable[str] = LANES
+    ) -> list[Delivery]:
+        if self.fine <= 0:
+            raise redis.ConnectionError("Redis is unreachable")
+        self.fine -= 1
+        return await self.queue.read(1, block_ms, lanes=lanes)
+
+
+def test_a_read_that_fails_midway_keeps_what_it_had_in_hand() -> None:
+    """Redis goes away while a batch is being read (the loop reads again once it is back):
+    the entries carried into that read, and those it read before failing, are carried to the
+    next (held meanwhile), not dropped: dropped, carried ones stayed held and touched by every
+    heartbeat, so that no worker would ever run them."""
+    flood = FloodQueue("high", "low")
+    former = BatchFormer(BatchConfig(max_batch_size=4, batch_wait_timeout_s=0.05), {})
+
+    async def go() -> None:
+        # (its first read brings one entry of each lane; the wait's next read fails)
+        await former.read(FailingAfter(flood, 1), None)
+
+    with pytest.raises(redis.ConnectionError):
+        asyncio.run(go())
+    in_hand = list(former.carry)
+    assert in_hand, "the entries the failed read had in hand were dropped"
+    assert all(former.held[delivery.key] is delivery for delivery in in_hand)
+
+    async def again() -> list[Delivery]:
+        with pytest.raises(redis.ConnectionError):
+            await former.read(FailingAfter(flood, 0), None)
+        assert former.carry == in_hand, "a read failing at once dropped the carried entries"
+        return await former.read(flood, None)
+
+    batch = asyncio.run(again())
+    kept = {delivery.key for delivery in [*batch, *former.carry]}
+    assert {delivery.key for delivery in in_hand} <= kept
