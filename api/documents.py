@@ -170,7 +170,11 @@ class JobDocument(BaseModel):
 
     id: str
     url: str
-    status: str = Field(description="queued, running, done, failed, expired or cancelled")
+    status: str = Field(
+        description="queued, running, done, failed, expired or cancelled. A job shows running "
+        "once its batch has run 0.2 s, and between its pipeline's stages; a quicker one goes "
+        "from queued to its end"
+    )
     pipeline: str
     priority: Literal["high", "normal", "low"] = Field(
         description="The priority lane it waits in at every stage (given on submit)"

@@ -2,8 +2,8 @@
 
 The hot path's three scripts run on batches of echo jobs exactly as the client and worker
 send them (the same packing functions, :mod:`queueing.scripts`), on the run's server, with
-nothing else running: SUBMIT of a batch, an ``XREADGROUP`` of it, START, then FINISH of every
-item as ``done``. For each script, from ``INFO commandstats`` deltas around each call:
+nothing else running: SUBMIT of a batch, an ``XREADGROUP`` of it, NOTE (a batch of new
+entries begins: ``queueing/lua/note.lua``), then FINISH of every item as ``done``. For each script, from ``INFO commandstats`` deltas around each call:
 
 * its server time per item (``EVALSHA``'s time, which includes what it calls);
 * of that, the time of the commands it calls (each command's own time: ``HSET``, ``XADD``...);
@@ -41,7 +41,7 @@ TIMING = (
     b'"compute_s":0.000043,"started_at":1796187028.3380914}'
 )
 """A stage timing as a worker writes it (its length is what matters)."""
-SCRIPTS = ("submit", "start", "finish")
+SCRIPTS = ("submit", "note", "finish")
 
 
 def _command_usec(client: redis.Redis) -> dict[str, int]:
@@ -79,8 +79,12 @@ def _one_round(client: redis.Redis, shas: dict[str, str], keys: Keys) -> dict[st
     read: Any = client.xreadgroup(keys.group(STAGE), "bench", {stream: ">"}, count=BATCH)
     entries = read[0][1]
     job_keys = [prefix + fields[b"job"].decode() for _, fields in entries]
-    start = scripts.start_call(job_keys, repr(time.time()), STAGE, 3)
-    _, spent["start"] = _timed(client, shas["start"], start)
+    note = scripts.note_call(
+        keys.started(0, STAGE),
+        [(entry.decode(), key) for (entry, _), key in zip(entries, job_keys, strict=True)],
+    )
+    started = repr(time.time())
+    _, spent["note"] = _timed(client, shas["note"], note)
     items = [
         Finished(entry.decode(), fields[b"job"].decode(), key, Kind.DONE, fields[b"data"], TIMING)
         for (entry, fields), key in zip(entries, job_keys, strict=True)
@@ -89,11 +93,13 @@ def _one_round(client: redis.Redis, shas: dict[str, str], keys: Keys) -> dict[st
         stream,
         keys.dead(0, STAGE),
         keys.stats(0),
+        keys.started(0, STAGE),
         group=keys.group(STAGE),
         consumer="bench",
         now=repr(time.time()),
         ttl=3600,
         stage=STAGE,
+        started=started,
         items=items,
     )
     reply, spent["finish"] = _timed(client, shas["finish"], finish)
@@ -104,7 +110,7 @@ def _one_round(client: redis.Redis, shas: dict[str, str], keys: Keys) -> dict[st
 
 @scenario(
     "redis-scripts",
-    f"SUBMIT, START and FINISH on batches of {BATCH} echo jobs: server µs per item of each",
+    f"SUBMIT, NOTE and FINISH on batches of {BATCH} echo jobs: server µs per item of each",
     derived=[
         Derived(
             f"{name}: server µs per item{part}",

@@ -7,8 +7,10 @@ script's file says what its KEYS and ARGV hold; the packing functions here are t
 places that build them.
 
 Per item, the hot path costs SUBMIT: XADD + HSET (+ GET/SET with an idempotency key);
-START: HMGET + HSET; FINISH: HMGET + HSET + EXPIRE. Per batch: one XPENDING (the fence), one
-XACK, one XDEL, a few HINCRBY and one PUBLISH per channel.
+NOTE: HGET; FINISH: HMGET + HSET + EXPIRE. Per batch: NOTE's HSET of the entries started, and
+in FINISH one XPENDING (the fence), one XACK, one XDEL, one HDEL, a few HINCRBY and one
+PUBLISH per channel. (Recovered entries and streaming stages go through START instead of
+NOTE: see ``lua/start.lua``.)
 """
 
 from __future__ import annotations
@@ -165,6 +167,29 @@ def start_call(job_keys: Sequence[str], now: str, stage: str, max_attempts: int)
     return list(job_keys), [now, stage, max_attempts]
 
 
+NOTE = load("note")
+
+
+def note_call(started: str, entries: Sequence[tuple[str, str]]) -> Call:
+    """``entries``: (entry id, its job's key) of one stream, whose started hash is ``started``."""
+    return [started, *(key for _, key in entries)], [entry for entry, _ in entries]
+
+
+CHARGE = load("charge")
+
+
+def charge_call(started: str, stage: str, entries: Sequence[tuple[str, str]]) -> Call:
+    """``entries``: (entry id, its job's key) of one stream, whose started hash is ``started``."""
+    return [started, *(key for _, key in entries)], [stage, *(entry for entry, _ in entries)]
+
+
+RUNNING = load("running")
+
+
+def running_call(job_keys: Sequence[str], started: str) -> Call:
+    return list(job_keys), [started]
+
+
 # -- FINISH ------------------------------------------------------------------------------------
 
 FINISH = load("finish")
@@ -200,15 +225,18 @@ def finish_call(
     stream: str,
     dead: str,
     stats: str,
+    started_hash: str,
     *,
     group: str,
     consumer: str,
     now: str,
     ttl: int,
     stage: str,
+    started: str,
     items: Sequence[Finished],
 ) -> Call:
-    keys = [stream, dead, stats, *(item.job_key for item in items)]
+    """``started``: when the batch whose items ran here began ('' none)."""
+    keys = [stream, dead, stats, started_hash, *(item.job_key for item in items)]
     slots: dict[str, int] = {}
 
     def slot(key: str) -> int:
@@ -218,6 +246,7 @@ def finish_call(
         return slots[key]
 
     args = fenced_args(group, consumer, now, ttl, stage, [item.entry_id for item in items])
+    args.append(started)
     for item in items:
         args += [item.entry_id, item.job_id, item.kind, item.value, item.timing, item.deadline]
         if item.kind == Kind.NEXT:

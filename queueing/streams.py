@@ -1,4 +1,5 @@
-"""The stream protocol as one stage's consumer sees it: read, start, finish, claim, touch.
+"""The stream protocol as one stage's consumer sees it: read, note or start, finish, claim,
+touch (see ``lua/start.lua`` for which of note and start).
 
 Workers call these; nothing outside ``queueing/`` issues XREADGROUP, XACK or XCLAIM. Every
 write step is one Lua script per partition (see :mod:`queueing.scripts`).
@@ -25,14 +26,20 @@ from queueing.keys import Keys
 from queueing.lanes import DEFAULT_LANE, LANES, RANK
 from queueing.message import dumps, job_id_of
 from queueing.scripts import (
+    CHARGE,
     FINISH,
+    NOTE,
+    RUNNING,
     START,
     TOUCH,
     Finished,
     Kind,
     Start,
     Target,
+    charge_call,
     finish_call,
+    note_call,
+    running_call,
     start_call,
     touch_call,
 )
@@ -137,6 +144,9 @@ class StageQueue:
         self._targets: dict[tuple[int, str, str], str] = {}
         """Stream keys of the stages this one hands to, by (partition, stage, lane)."""
         self._start = client.register_script(START)
+        self._note = client.register_script(NOTE)
+        self._charge = client.register_script(CHARGE)
+        self._running = client.register_script(RUNNING)
         self._finish = client.register_script(FINISH)
         self._touch = client.register_script(TOUCH)
 
@@ -213,14 +223,50 @@ class StageQueue:
         ]
 
     async def attempts(self, deliveries: Sequence[Delivery]) -> list[int]:
-        """How many times this stage has started each delivery's job (START's count; 0 for
-        one never started, or whose record or payload is gone)."""
-        field = f"a:{self.stage}"
-        pipe = self.redis.pipeline(transaction=False)
-        for delivery in deliveries:
-            job_id = job_id_of(delivery.fields) if delivery.fields else None
-            pipe.hget(self._job_prefixes[delivery.partition] + (job_id or ""), field)
-        return [int(count or 0) for count in await pipe.execute()] if deliveries else []
+        """How many times this stage has started each recovered delivery's job: START's
+        count, plus the run its entry had in a batch of new entries that did not finish,
+        counted now and once (CHARGE); 0 for one never started, or whose record or payload is
+        gone."""
+        answers = [0] * len(deliveries)
+        streams = positions_by((d.partition, d.lane) for d in deliveries)
+        for (partition, lane), indexes in streams.items():
+            entries = []
+            for i in indexes:
+                delivery = deliveries[i]
+                job_id = job_id_of(delivery.fields) if delivery.fields else None
+                # (no job: a key of this partition that never exists)
+                entries.append((delivery.entry_id, self._job_prefixes[partition] + (job_id or "")))
+            started = self.keys.started(partition, self.stage, lane)
+            keys, args = charge_call(started, self.stage, entries)
+            reply = await self._charge(keys=keys, args=args)
+            for i, count in zip(indexes, reply, strict=True):
+                answers[i] = int(count)
+        return answers
+
+    async def note(self, deliveries: Sequence[tuple[Delivery, str]]) -> list[Start]:
+        """For a batch of new entries, instead of :meth:`start`: note that they begin (the
+        attempt is counted only if this worker dies before FINISH: see ``lua/start.lua``);
+        per job, whether to run it, or the status that forbids it."""
+        answers: list[Start] = [Start.MISSING] * len(deliveries)
+        streams = positions_by((d.partition, d.lane) for d, _ in deliveries)
+        for (partition, lane), indexes in streams.items():
+            prefix = self._job_prefixes[partition]
+            keys, args = note_call(
+                self.keys.started(partition, self.stage, lane),
+                [(deliveries[i][0].entry_id, prefix + deliveries[i][1]) for i in indexes],
+            )
+            reply = await self._note(keys=keys, args=args)
+            for i, status in zip(indexes, reply, strict=True):
+                answers[i] = _START_ANSWERS[status]
+        return answers
+
+    async def mark_running(self, job_ids: Sequence[tuple[int, str]], started: float) -> None:
+        """Mark 'running' the still queued jobs of a batch of new entries that runs long
+        enough for it to show (``job_ids``: (partition, job id))."""
+        for partition, indexes in positions_by(p for p, _ in job_ids).items():
+            prefix = self._job_prefixes[partition]
+            keys, args = running_call([prefix + job_ids[i][1] for i in indexes], repr(started))
+            await self._running(keys=keys, args=args)
 
     def _deliveries(self, reply: Any) -> list[Delivery]:
         out = []
@@ -344,9 +390,11 @@ class StageQueue:
                 answers[i] = _START_ANSWERS[status]
         return answers
 
-    async def finish(self, outcomes: Sequence[Outcome]) -> list[bool]:
+    async def finish(self, outcomes: Sequence[Outcome], started: float | None = None) -> list[bool]:
         """Hand off or end each item and ack it, atomically per partition. False for an
-        item whose entry another consumer has claimed meanwhile (nothing was written)."""
+        item whose entry another consumer has claimed meanwhile (nothing was written).
+        ``started``: when the batch whose items ran began (the started_at of those jobs that
+        ran without START)."""
         done: list[bool] = [False] * len(outcomes)
         now = repr(time.time())
         ttl = int(self.settings.result_ttl_s)
@@ -356,11 +404,13 @@ class StageQueue:
                 self.keys.stream(partition, self.stage, lane),
                 self.keys.dead(partition, self.stage),
                 self.keys.stats(partition),
+                self.keys.started(partition, self.stage, lane),
                 group=self.group,
                 consumer=self.consumer,
                 now=now,
                 ttl=ttl,
                 stage=self.stage,
+                started="" if started is None else repr(started),
                 items=[self._finished(partition, lane, outcomes[i]) for i in indexes],
             )
             reply = await self._finish(keys=keys, args=args)
@@ -431,6 +481,7 @@ class StageQueue:
                 deleted = [e for e, found in zip(deleted, existing, strict=True) if not found]
                 if deleted:
                     pipe.xack(stream, self.group, *deleted)
+                    pipe.hdel(self.keys.started(partition, self.stage, lane), *deleted)
                     pipe.hincrby(self.keys.stats(partition), f"{self.stage}:dead", len(deleted))
                     gone += len(deleted)
             n_claimed = len(taken)

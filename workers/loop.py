@@ -54,6 +54,11 @@ worker holds is orphaned again if it crashes: it claims no more than it will soo
 OWN_PENDING_LIMIT = 100_000
 """Most entries re-read at start-up from a previous life under the same consumer name."""
 
+RUNNING_AFTER_S = 0.2
+"""A batch of new entries goes through NOTE, which does not write its jobs (see
+``queueing/lua/start.lua``): they show 'running' once it has run this long (those of a
+quicker one go from queued to their end)."""
+
 REFRESH_AFTER_S = 0.005
 """A batch read this long before the model takes it is refreshed first: entries of higher
 priority lanes that came meanwhile take their share of it (see BatchFormer.refresh). (A batch
@@ -66,10 +71,13 @@ class _Abandon(Exception):
 
 @dataclass(frozen=True, slots=True)
 class _Batch:
-    """What the read loop hands the model: new entries, or recovered ones (``suspect``)."""
+    """What the read loop hands the model: new entries, or ``recovered`` ones (a dead
+    consumer's, or this one's from a previous life; ``suspect``: one of them may have crashed
+    a worker)."""
 
     deliveries: list[Delivery]
     suspect: bool = False
+    recovered: bool = False
     read_at: float | None = None
     """When the read loop formed it from new entries (``time.monotonic()``)."""
 
@@ -79,6 +87,8 @@ class _Item:
     delivery: Delivery
     message: Message
     value: Any
+    started: bool = True
+    """Whether START marked it running (else NOTE admitted it: see run_batch)."""
 
 
 class StageLoop:
@@ -163,21 +173,21 @@ class StageLoop:
                 # A crash now must not take the previous batch's hand-off with it.
                 await finishing
                 finishing = None
-            outcomes = await self.process(await self._refreshed(batch))
+            ran = await self.process(await self._refreshed(batch), new=not batch.recovered)
             if batch.suspect:
                 # Nor a crash in the next batch this one's: an entry that has used its
                 # last attempt would be dead-lettered though it ran.
-                await self.finish(outcomes)
+                await self.finish(*ran)
                 self._suspects_ran.set()
                 continue
             if finishing is not None:
                 await finishing
-            finishing = asyncio.create_task(self.finish(outcomes))
+            finishing = asyncio.create_task(self.finish(*ran))
         if finishing is not None:
             await finishing
         # Entries a refresh carried after the read loop drained the carry: run them too.
         for carried in self.former.drain():
-            await self.finish(await self.process(carried))
+            await self.finish(*await self.process(carried, new=True))
 
     async def _next(self) -> _Batch | None:
         """The read loop's next batch; or, while it has none ready and waits in a blocking read
@@ -255,11 +265,13 @@ class StageLoop:
         # an attempt, and an entry delivered DELIVERY_CAP x max_deliveries times unstarted is
         # dead-lettered.
         # (within the count and cost bounds, as batches read new: see BatchFormer.cut)
-        self._recovered.extend(_Batch(chunk) for chunk in self.former.cut(fresh))
+        self._recovered.extend(_Batch(chunk, recovered=True) for chunk in self.former.cut(fresh))
         self._recovered.extend(
-            _Batch(chunk, suspect=True) for chunk in self.former.cut(split, half)
+            _Batch(chunk, suspect=True, recovered=True) for chunk in self.former.cut(split, half)
         )
-        self._recovered.extend(_Batch([delivery], suspect=True) for delivery in alone)
+        self._recovered.extend(
+            _Batch([delivery], suspect=True, recovered=True) for delivery in alone
+        )
 
     async def _refreshed(self, batch: _Batch) -> list[Delivery]:
         """A batch of new entries that waited for the model: refreshed with the entries of
@@ -298,16 +310,25 @@ class StageLoop:
 
     # -- one batch ---------------------------------------------------------------------------
 
-    async def process(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
-        """Decode, expire, start and run one batch; one outcome per delivery."""
-        outcomes, items = await self.admit(deliveries)
-        if items:
-            outcomes += await self.run_batch(items)
-        return outcomes
+    async def process(
+        self, deliveries: Sequence[Delivery], *, new: bool = False
+    ) -> tuple[list[Outcome], float | None]:
+        """Decode, expire, start and run one batch: one outcome per delivery, and when the
+        model began on it (None if it ran nothing). ``new``: see :meth:`admit`."""
+        outcomes, items = await self.admit(deliveries, new=new)
+        if not items:
+            return outcomes, None
+        ran, started = await self.run_batch(items)
+        return outcomes + ran, started
 
-    async def admit(self, deliveries: Sequence[Delivery]) -> tuple[list[Outcome], list[_Item]]:
+    async def admit(
+        self, deliveries: Sequence[Delivery], *, new: bool = False
+    ) -> tuple[list[Outcome], list[_Item]]:
         """Decode, expire and start one batch: the outcomes of the deliveries that are not to
-        run (undecodable, expired, dead, cancelled...), and the items to run."""
+        run (undecodable, expired, dead, cancelled...), and the items to run. ``new``: a
+        batch of new entries, whose entries delivered for the first time go through NOTE
+        instead of START: the same check of their jobs, but one write for the batch instead
+        of two per job (see ``queueing/lua/start.lua``)."""
         outcomes: list[Outcome] = []
         candidates: list[_Item] = []
         now = time.time()
@@ -339,9 +360,25 @@ class StageLoop:
             candidates.append(_Item(delivery, message, value))
         if not candidates:
             return outcomes, []
+        if new:
+            for item in candidates:
+                item.started = item.delivery.deliveries > 1
+        items: list[_Item] = []
+        for started in (False, True):
+            group = [item for item in candidates if item.started is started]
+            if group:
+                outcomes += await self._start(group, items)
+        return outcomes, items
+
+    async def _start(self, candidates: list[_Item], items: list[_Item]) -> list[Outcome]:
+        """START the candidates (NOTE them, if new): add those to run to ``items``; the
+        outcomes of the others."""
         jobs = [(item.delivery, item.message.job_id) for item in candidates]
-        statuses = await self._persist("start", lambda: self.queue.start(jobs))
-        items = []
+        if candidates[0].started:
+            statuses = await self._persist("start", lambda: self.queue.start(jobs))
+        else:
+            statuses = await self._persist("note", lambda: self.queue.note(jobs))
+        outcomes = []
         for item, status in zip(candidates, statuses, strict=True):
             if status is Start.RUN:
                 items.append(item)
@@ -350,14 +387,30 @@ class StageLoop:
                 outcomes.append(Outcome(item.delivery, item.message.job_id, Kind.DEAD, reason))
             else:  # cancelled, finished, or its record is gone: nothing to run
                 outcomes.append(Outcome(item.delivery, item.message.job_id, Kind.SKIP))
-        return outcomes, items
+        return outcomes
 
-    async def run_batch(self, items: list[_Item]) -> list[Outcome]:
+    async def run_batch(self, items: list[_Item]) -> tuple[list[Outcome], float]:
+        """Run admitted items: their outcomes, and when the model began. Those NOTE admitted
+        (START did not mark them) are shown running if the batch runs RUNNING_AFTER_S."""
         started = time.time()
+        noted = [item for item in items if not item.started]
+        marks: list[asyncio.Task[None]] = []
+        timer = None
+        if noted:
+            timer = asyncio.get_running_loop().call_later(
+                RUNNING_AFTER_S,
+                lambda: marks.append(asyncio.create_task(self._show_running(noted, started))),
+            )
         clock = time.perf_counter()
         self.former.running(len(items))
-        outputs = await self._run_isolating([item.value for item in items])
-        compute_s = time.perf_counter() - clock
+        try:
+            outputs = await self._run_isolating([item.value for item in items])
+        finally:
+            compute_s = time.perf_counter() - clock
+            if timer is not None:
+                timer.cancel()
+            for mark in marks:  # (begun: it ends on its own)
+                await mark
         self.former.observe(len(items), compute_s)
         self.processed += len(items)
         self.activity.record(
@@ -375,7 +428,12 @@ class StageLoop:
             outcome = self.hand_off(item, output)
             outcome.timing = b'%s"queue_wait_s":%r%s' % (head, wait, tail)
             outcomes.append(outcome)
-        return outcomes
+        return outcomes, started
+
+    async def _show_running(self, items: list[_Item], started: float) -> None:
+        jobs = [(item.delivery.partition, item.message.job_id) for item in items]
+        with self._io_log.guard():  # (only what a poll shows meanwhile: never worth a retry)
+            await self.queue.mark_running(jobs, started)
 
     def hand_off(self, item: _Item, output: Any) -> Outcome:
         """Where one output goes: the route it names, the next stage(s), a fan-out's join, or
@@ -448,12 +506,13 @@ class StageLoop:
             self._executor, in_model_thread, self.handler.call_batch_sync, values
         )
 
-    async def finish(self, outcomes: list[Outcome]) -> None:
+    async def finish(self, outcomes: list[Outcome], started: float | None = None) -> None:
+        """Hand off or end a batch's items (``started``: when the model began on it)."""
         if not outcomes:
             return
         # Safe to repeat: if a lost reply hid a success, the entries are no longer pending
         # on this consumer and the fence makes the retry a no-op.
-        done = await self._persist("hand off", lambda: self.queue.finish(outcomes))
+        done = await self._persist("hand off", lambda: self.queue.finish(outcomes, started))
         for outcome, ok in zip(outcomes, done, strict=True):
             self.held.pop(outcome.delivery.key, None)
             if not ok:

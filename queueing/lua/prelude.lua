@@ -40,17 +40,26 @@ end
 -- '<job> <status> <stage> <pipeline> <created_at> <started_at> <finished_at> <#timings> <#value>
 -- <lane>\n' then the timings and the value (result JSON, or the error text).
 -- state: the job's HMGET of status, reply, pipeline, created_at, started_at, timings, ttl, lane.
-local function end_job(job, job_id, state, status, value, now, ttl, stage, timing)
+-- started: when a batch that ran it without START began (nil: START marked it, or it never ran),
+-- written as its started_at if it has none.
+local function end_job(job, job_id, state, status, value, now, ttl, stage, timing, started)
   local field = status == 'done' and 'result' or 'error'
   local timings = joined(state[6], timing)
-  redis.call('HSET', job, 'status', status, field, value, 'finished_at', now, 'final_stage', stage,
-    'timings', timings)
+  local started_at = state[5]
+  if not started_at and started then
+    started_at = started
+    redis.call('HSET', job, 'status', status, field, value, 'finished_at', now, 'final_stage',
+      stage, 'timings', timings, 'started_at', started_at)
+  else
+    redis.call('HSET', job, 'status', status, field, value, 'finished_at', now, 'final_stage',
+      stage, 'timings', timings)
+  end
   redis.call('EXPIRE', job, state[7] or ttl)
   local reply = state[2]
   if not reply or reply == '' then return end
   -- (kept as parts, joined once per channel by flush_notices: a value is copied once)
   local head = table.concat({job_id, status, stage, state[3] or '', state[4] or '',
-    state[5] or '', now, #timings, #value, state[8] or 'normal'}, ' ') .. '\n'
+    started_at or '', now, #timings, #value, state[8] or 'normal'}, ' ') .. '\n'
   if not string.find(reply, ' ', 1, true) then
     queue_notice(reply, head, timings, value)
   else
@@ -100,12 +109,14 @@ local function fence(stream, group, consumer, lowest, highest, n_items)
 end
 
 -- The end of FINISH and EMIT: one XACK and one XDEL for the batch's entries that are done with
--- (in slices: Lua's unpack has a stack limit), its tally counted, the waiters woken.
-local function settle(stream, group, acked, stats, stage, tally)
+-- (in slices: Lua's unpack has a stack limit), and one HDEL of their notes in the stream's
+-- started hash (FINISH: see start.lua), its tally counted, the waiters woken.
+local function settle(stream, group, acked, stats, stage, tally, started)
   for first = 1, #acked, 1000 do
     local slice = {unpack(acked, first, math.min(first + 999, #acked))}
     redis.call('XACK', stream, group, unpack(slice))
     redis.call('XDEL', stream, unpack(slice))
+    if started then redis.call('HDEL', started, unpack(slice)) end
   end
   for what, n in pairs(tally) do count(stats, stage, what, n) end
   flush_notices()

@@ -34,9 +34,12 @@ def test_sigterm_finishes_the_batch_in_hand_then_exits_zero(
     jobs = client.submit_many("t_batch", [{"x": i, "sleep": 2.0} for i in range(3)])
     worker = workers.start(STAGE, name="graceful")
     wait_until(lambda: len(seen(redis_client, STAGE)) == 3, 20, "the batch never started")
+    # (a batch of new entries shows its jobs running once it has run RUNNING_AFTER_S)
+    running = [JobStatus.RUNNING] * 3
+    wait_until(lambda: [job.status() for job in jobs] == running, 5, "never shown running")
     assert redis_client.zscore(KEYS.workers, "graceful") is not None
     worker.send_signal(signal.SIGTERM)
-    assert [job.status() for job in jobs] == [JobStatus.RUNNING] * 3, "too late: batch done"
+    assert [job.status() for job in jobs] == running, "too late: batch done"
 
     assert wait_exit(worker, 20) == 0
     # No other worker ran: the results were published by the one that was told to stop.
