@@ -131,9 +131,17 @@ def _pack_with_hiredis(pool: redis.asyncio.ConnectionPool) -> None:
     Give the pool's connections the blocking client's hiredis packer."""
     if not redis.utils.HIREDIS_AVAILABLE:
         return
+    import hiredis  # (there only when available)
+
     serializer = redis.connection.HiredisRespSerializer()
 
     def pack_command(self: Any, *args: Any) -> list[bytes]:
+        # (straight to hiredis when it can: the serializer first copies every argument, to
+        # turn a bytearray or memoryview into bytes, and splits a command name like "CLIENT
+        # SETNAME"; hiredis refuses those with a TypeError, and the serializer takes them)
+        if isinstance(args[0], str) and " " not in args[0]:
+            with contextlib.suppress(TypeError):
+                return [hiredis.pack_command(args)]
         packed: list[bytes] = serializer.pack(*args)
         return packed
 
