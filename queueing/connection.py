@@ -88,11 +88,13 @@ def connect(settings: Settings, **options: Any) -> SyncRedis:
     try:
         if is_cluster(url):
             return Cluster.from_url(url, **_cluster_options(options))
-        return redis.Redis.from_url(url, **options)
+        pool = redis.ConnectionPool.from_url(url, **options)
     except ValueError as exc:
         raise ConfigError(
             f"REDIS_URL={settings.redis_url!r} is not a valid Redis URL: {exc}"
         ) from exc
+    _pack_with_hiredis(pool)
+    return redis.Redis.from_pool(pool)  # owns the pool: close() closes it
 
 
 ASYNC_POOL_SIZE = 64
@@ -125,10 +127,10 @@ def connect_async(settings: Settings, **options: Any) -> AsyncRedis:
     return redis.asyncio.Redis.from_pool(pool)  # owns the pool: aclose() closes it
 
 
-def _pack_with_hiredis(pool: redis.asyncio.ConnectionPool) -> None:
-    """redis-py's asyncio connections encode commands in pure Python (its blocking ones use
-    hiredis): for the long argument lists of our scripts that was the worker's largest cost.
-    Give the pool's connections the blocking client's hiredis packer."""
+def _pack_with_hiredis(pool: redis.ConnectionPool | redis.asyncio.ConnectionPool) -> None:
+    """Give the pool's connections a packer straight to hiredis. redis-py's asyncio
+    connections encode commands in pure Python (for the long argument lists of our scripts
+    that was the worker's largest cost), and its blocking ones copy every argument first."""
     if not redis.utils.HIREDIS_AVAILABLE:
         return
     import hiredis  # (there only when available)

@@ -1,4 +1,4 @@
-"""The asyncio clients pack commands with hiredis (queueing.connection._pack_with_hiredis):
+"""The clients pack commands straight with hiredis (queueing.connection._pack_with_hiredis):
 byte for byte what redis-py's own packer makes, for every kind of argument."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import redis.asyncio
 import redis.connection
 
-from queueing.connection import connect_async
+from queueing.connection import connect, connect_async
 from queueing.settings import Settings
 
 from .helpers import run
@@ -26,14 +26,25 @@ CASES: list[tuple[Any, ...]] = [
 
 @pytest.mark.parametrize("args", CASES)
 def test_the_packer_makes_what_redis_py_makes(settings: Settings, args: tuple[Any, ...]) -> None:
-    client = connect_async(settings)
-    assert isinstance(client, redis.asyncio.Redis)
-    connection = client.connection_pool.connection_class()
-    assert connection.pack_command(*args) == redis.connection.HiredisRespSerializer().pack(*args)
-    run(client.aclose())
+    expected = redis.connection.HiredisRespSerializer().pack(*args)
+    aio = connect_async(settings)
+    assert isinstance(aio, redis.asyncio.Redis)
+    assert aio.connection_pool.connection_class().pack_command(*args) == expected
+    run(aio.aclose())
+    sync = connect(settings)
+    assert isinstance(sync, redis.Redis)
+    assert sync.connection_pool.connection_class().pack_command(*args) == expected
+    sync.close()
 
 
 def test_the_packer_serves_real_commands(settings: Settings) -> None:
+    sync = connect(settings)
+    try:
+        assert sync.set("packed", bytearray(b"ba"))
+        assert sync.get("packed") == b"ba"
+    finally:
+        sync.close()
+
     async def scenario() -> None:
         client = connect_async(settings)
         try:
