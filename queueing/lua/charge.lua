@@ -1,5 +1,5 @@
 -- CHARGE: the attempts of recovered entries at this stage, counting first the one each made in
--- a batch of new entries that ran without START and did not finish (its note is still in the
+-- a batch of new entries that NOTE admitted and that did not finish (its note is still in the
 -- stream's started hash: see start.lua). A note is removed as it is counted, so an attempt is
 -- counted once however often its entry is recovered. Answers each job's attempts at this stage
 -- (0 for a job whose record is gone).

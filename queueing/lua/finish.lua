@@ -2,8 +2,8 @@
 -- on this consumer (another claimed it after a stall) is left alone, so a result is published
 -- once. Answers 1 (done here) or 0 (fenced) per item.
 --
--- A batch of new entries runs without START (see start.lua): its items' jobs may still be
--- 'queued'. An item that ran (it has a timing) gets the batch's start as its job's started_at
+-- A batch of new entries goes through NOTE, not START (see start.lua): its items' jobs may
+-- still be 'queued'. An item that ran (it has a timing) gets the batch's start as its job's started_at
 -- if it has none, and a job handed on is 'running' from then on. The items' notes in the
 -- stream's started hash are cleared with their acks.
 --

@@ -1,6 +1,6 @@
 -- RUNNING: mark 'running' the jobs of a batch of new entries that has run long enough for it to
--- show (such a batch starts without START: see start.lua); a job no longer queued is left as
--- it is.
+-- show (NOTE, which admitted them, does not write them: see start.lua); a job no longer queued
+-- is left as it is.
 --
 -- KEYS: the jobs' keys
 -- ARGV: when the batch began
