@@ -70,8 +70,8 @@ class Keys:
         return f"{self._tag(partition)}:in:{stage}:{lane}"
 
     def started(self, partition: int, stage: str, lane: str = "normal") -> str:
-        """Hash: entry id -> '1' for the entries of a stage's stream (one lane's) that a
-        worker began to run without START, until FINISH acks them (see ``lua/start.lua``)."""
+        """Hash: entry id -> '1' for the entries of a stage's stream (one lane's) that NOTE
+        admitted to a batch, until FINISH acks them (see ``lua/start.lua``)."""
         return f"{self._tag(partition)}:started:{stage}" + ("" if lane == "normal" else f":{lane}")
 
     def dead(self, partition: int, stage: str) -> str:

@@ -51,7 +51,7 @@ class Kind(enum.StrEnum):
 
 
 class Start(enum.StrEnum):
-    """START's answer for one job."""
+    """START's answer for one job (NOTE's too, which never answers ``dead``)."""
 
     RUN = "run"
     DEAD = "dead"
