@@ -20,6 +20,7 @@ from api.methods import HeadAsGet
 from api.metrics import Metrics, RequestMetrics
 from api.routes import ops, v1
 from queueing.client import AsyncClient
+from queueing.heap import settle_heap
 from queueing.settings import Settings
 
 DESCRIPTION = """\
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastPath:
         try:
             await gateway.warm_up()
             app.state.gateway = gateway
+            settle_heap()
             yield
         finally:
             await gateway.batcher.close()

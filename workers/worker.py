@@ -35,6 +35,7 @@ from queueing.connection import (
     until_written,
     wait_until_ready,
 )
+from queueing.heap import settle_heap
 from queueing.housekeeping import Swept, sweep
 from queueing.settings import Settings
 from queueing.streams import StageQueue, consumer_name, heartbeat, retire
@@ -130,6 +131,7 @@ class Worker:
             await self._sweep(client, OutageLog(log, f"worker {self.consumer}: housekeeping"))
             watcher = LiveSettingsWatcher(client, self.settings, self.loops)
             await watcher.apply()
+            settle_heap()  # (the models are loaded: start-up is over)
             beats = asyncio.create_task(self._beat(client, info))
             live = asyncio.create_task(watcher.run(self.stop))
             log.info(
