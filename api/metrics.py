@@ -136,7 +136,10 @@ class Metrics:
         self.waiting = Gauge(
             "batchline_http_waiting", "Requests waiting for a result now.", registry=r
         )
+        # Instruments by label set, each looked up once (``labels()`` costs a few µs a call).
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._finished_children: dict[tuple[str, str], Any] = {}
+        self._stage_children: dict[str, tuple[Any, Any]] = {}
         self.queue = _QueueCollector()
         r.register(self.queue)
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -149,15 +152,23 @@ class Metrics:
         if len(self._seen) > _SEEN:
             self._seen.popitem(last=False)
         if job.finished_at and job.created_at:
-            self.finished.labels(job.pipeline, job.status.value).observe(
-                max(0.0, float(job.finished_at) - float(job.created_at))
-            )
+            key = (job.pipeline, job.status.value)
+            finished = self._finished_children.get(key)
+            if finished is None:
+                finished = self._finished_children[key] = self.finished.labels(*key)
+            finished.observe(max(0.0, float(job.finished_at) - float(job.created_at)))
         for timing in job.timing_list():
-            self.batch_size.labels(timing.stage).observe(timing.batch_size)
-            self.queue_wait.labels(timing.stage).observe(timing.queue_wait_s)
+            stage = self._stage_children.get(timing.stage)
+            if stage is None:
+                stage = self._stage_children[timing.stage] = (
+                    self.batch_size.labels(timing.stage),
+                    self.queue_wait.labels(timing.stage),
+                )
+            stage[0].observe(timing.batch_size)
+            stage[1].observe(timing.queue_wait_s)
 
     def count_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        """One HTTP request answered (its instruments looked up once per label set)."""
+        """One HTTP request answered."""
         key = (method, route, status)
         children = self._request_children.get(key)
         if children is None:
