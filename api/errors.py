@@ -14,7 +14,7 @@ The body is always JSON of one shape, never a traceback::
 - 409 ``IdempotencyConflict``: ``id`` of the job the key names
 - 429 ``QueueFull``, ``TooManyStreams`` (the gateway follows BATCHLINE_MAX_STREAMS event
   streams already; nothing was submitted): ``Retry-After``
-- 503 ``BrokerUnavailable`` (and redis-py's connection errors, should one slip by),
+- 503 ``BrokerUnavailable`` (and redis-py's errors of an unreachable Redis, should one slip by),
   ``BrokerFull`` (Redis at its ``maxmemory``), ``NotReady``: ``Retry-After``; ``NotDurable``
   (a durable submit queued but not confirmed on disk or on a replica): ``ids`` and ``urls`` of
   the jobs it queued, which run
@@ -34,7 +34,6 @@ import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -42,6 +41,7 @@ from starlette.responses import Response
 
 from api.documents import JSONResponse, job_path
 from api.methods import allowed_methods
+from queueing.connection import REDIS_DOWN
 from queueing.errors import (
     BatchlineError,
     BrokerFull,
@@ -257,8 +257,8 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 HANDLERS: dict[type[Exception], Callable[[Request, Exception], Awaitable[Response]]] = {
     ApiError: _api_error,
     BatchlineError: _batchline_error,
-    redis.exceptions.ConnectionError: _redis_unreachable,
-    redis.exceptions.TimeoutError: _redis_unreachable,
+    # (Redis's own errors only: an OSError here is as likely a file's as a socket's.)
+    **{kind: _redis_unreachable for kind in REDIS_DOWN if kind is not OSError},
     RequestValidationError: _validation_error,
     StarletteHTTPException: _http_error,
     Exception: _unexpected,

@@ -1,4 +1,4 @@
-"""``batchline notifier``: deliver the webhooks of ended jobs (see :mod:`workers.notifier`)."""
+"""``batchline notifier``: deliver the webhooks of ended jobs (see :mod:`queueing.notifier`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from queueing.settings import Settings
 
 
 def cmd_notifier(args: argparse.Namespace) -> int:
-    from workers.notifier import Notifier
+    from queueing.notifier import Notifier
 
     settings = Settings.from_env(redis_url=args.redis_url)
     Notifier(settings).run(once=args.once)

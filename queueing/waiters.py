@@ -192,15 +192,15 @@ SUBSCRIBE_TIMEOUT_S = 5.0
 """Longest a (re)subscription waits for the server to confirm it."""
 
 
-def _as_is(message: Any) -> Any:
+def hand_on_push(message: Any) -> Any:
     """The pub/sub connections' handler of RESP3 push messages: hands each one on as it is.
     redis-py's own (8.1) builds a debug line of the whole message, ``str()`` of up to a
     hundred KB of notices, for every message at every log level (redis-py issue 4230)."""
     return message
 
 
-async def _as_is_async(message: Any) -> Any:
-    """Asyncio twin of :func:`_as_is`."""
+async def hand_on_push_async(message: Any) -> Any:
+    """Asyncio twin of :func:`hand_on_push`."""
     return message
 
 
@@ -324,7 +324,7 @@ class Listener:
                 for connection, channels in groups:
                     if connection is not self._client:
                         owned.append(connection)
-                    pubsub = connection.pubsub(push_handler_func=_as_is)
+                    pubsub = connection.pubsub(push_handler_func=hand_on_push)
                     try:
                         for channel in channels:  # (one by one: a cluster refuses CROSSSLOT)
                             pubsub.ssubscribe(channel)
@@ -467,7 +467,7 @@ class AsyncListener:
                 for connection, channels in groups:
                     if connection is not self._client:
                         owned.append(connection)
-                    pubsub = connection.pubsub(push_handler_func=_as_is_async)
+                    pubsub = connection.pubsub(push_handler_func=hand_on_push_async)
                     try:
                         for channel in channels:  # (one by one: a cluster refuses CROSSSLOT)
                             await pubsub.ssubscribe(channel)

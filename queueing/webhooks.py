@@ -7,7 +7,7 @@ How an end becomes a delivery, without losing one:
    (:meth:`~queueing.keys.Keys.webhooks_pending`) and lists the notifier's channel among the
    job's reply channels, in the same script.
 2. The job ends as any other: its notice is published to every reply channel.
-3. The notifier (``batchline notifier``, :mod:`workers.notifier`) wakes on that notice, and
+3. The notifier (``batchline notifier``, :mod:`queueing.notifier`) wakes on that notice, and
    also sweeps the pending sets (at start-up and every ``webhook_sweep_s``), so an end it did
    not hear (it was down, or reconnecting) is found all the same. For each ended job it
    enqueues :func:`deliver` on the rq queue :data:`QUEUE` (rq job id ``webhook-<job id>-<its

@@ -23,6 +23,7 @@ from rq import Queue
 from queueing.client import Client
 from queueing.jobs import Snapshot
 from queueing.keys import Keys
+from queueing.notifier import Notifier
 from queueing.settings import Settings
 from queueing.webhooks import (
     HEADER,
@@ -37,7 +38,6 @@ from queueing.webhooks import (
 from tests.bulk_pipelines import t_gate
 from tests.conftest import ROOT, worker_env
 from tests.support import Workers, register, wait_exit, wait_until
-from workers.notifier import Notifier
 
 SECRET = "test-secret"
 KEYS = Keys()

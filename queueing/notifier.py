@@ -15,12 +15,12 @@ import signal
 import time
 from typing import Any, cast
 
-import redis
-
 from queueing.bulk import rq_connection
+from queueing.connection import REDIS_DOWN
 from queueing.jobs import JobStatus, Snapshot
 from queueing.keys import Keys, is_job_id
 from queueing.settings import Settings
+from queueing.waiters import hand_on_push
 from queueing.webhooks import NOTIFIER, enqueue_delivery
 
 log = logging.getLogger(__name__)
@@ -52,13 +52,13 @@ class Notifier:
         while not self.stopping:
             try:
                 self._listen()
-            except redis.ConnectionError as exc:
+            except REDIS_DOWN as exc:
                 log.warning("notifier: Redis unreachable (%s); retrying in 1 s", exc)
                 time.sleep(1.0)
         log.info("notifier: stopped (%d deliveries enqueued)", self.enqueued)
 
     def _listen(self) -> None:
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True, push_handler_func=hand_on_push)
         try:
             pubsub.ssubscribe(*self.channels)
             # Subscribed first, then swept: an end is either heard from now on, or pending.
