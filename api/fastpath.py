@@ -1,5 +1,5 @@
-"""The hot routes served straight from ASGI: ``POST /v1/pipelines/{name}`` (run) and
-``POST /v1/pipelines/{name}/jobs`` (submit).
+"""The hot routes served straight from ASGI: ``POST /v1/pipelines/{name}`` (run),
+``POST /v1/pipelines/{name}/jobs`` (submit) and ``GET /v1/jobs/{job_id}`` (poll).
 
 Under load these are nearly every request, and FastAPI's routing, dependency resolution and
 middleware layers cost them more CPU than the rest of the request together. This wrapper, in
@@ -26,6 +26,7 @@ from api.metrics import Metrics
 
 _PREFIX = "/v1/pipelines/"
 _JOBS = "/jobs"
+_JOB_PREFIX = "/v1/jobs/"
 Endpoint = Callable[[str, Request], Awaitable[Response]]
 
 
@@ -54,16 +55,21 @@ class FastPath:
             response = await error_response(request, exc)
         await response(scope, receive, send)
         self.metrics.count_request(
-            "POST", template, response.status_code, time.perf_counter() - started
+            scope["method"], template, response.status_code, time.perf_counter() - started
         )
 
 
 def _match(scope: Scope) -> tuple[Endpoint, str, str] | None:
-    """(endpoint, route template, pipeline name) of a hot route, else None."""
-    if scope["type"] != "http" or scope["method"] != "POST" or scope.get("root_path"):
+    """(endpoint, route template, pipeline name or job id) of a hot route, else None."""
+    if scope["type"] != "http" or scope.get("root_path"):
         return None
     path: str = scope["path"]
-    if not path.startswith(_PREFIX):
+    if scope["method"] == "GET":
+        job_id = path[len(_JOB_PREFIX) :]
+        if path.startswith(_JOB_PREFIX) and job_id and "/" not in job_id:
+            return routes.get_job, _JOB_PREFIX + "{job_id}", job_id
+        return None
+    if scope["method"] != "POST" or not path.startswith(_PREFIX):
         return None
     rest = path[len(_PREFIX) :]
     if "/" not in rest:

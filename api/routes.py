@@ -3,9 +3,10 @@ shapes the answer; errors are raised and mapped to status codes in :mod:`api.err
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, cast
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Security
+from fastapi import APIRouter, Depends, Header, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
@@ -24,7 +25,7 @@ from api.documents import (
     pipeline_document,
     request_body,
 )
-from api.errors import InvalidInput, NotReady, Unauthorized
+from api.errors import InvalidInput, NotReady, Unauthorized, cut
 from api.gateway import Gateway
 from api.submission import MAX_DEPTH, MAX_INT, MIN_INT, check_content_type, parse_submission
 from queueing.chunks import check_event_id
@@ -183,27 +184,43 @@ async def run(name: str, request: Request) -> Response:
     return job_document(request, ended)
 
 
+_WAIT_DOCS = {
+    "name": "wait",
+    "in": "query",
+    "required": False,
+    "description": "Long-poll: answer as soon as the job finishes, or after this many seconds "
+    "(capped at BATCHLINE_MAX_WAIT_S) with its status then.",
+    "schema": {"type": "number", "minimum": 0, "default": 0},
+}
+
+
 @v1.get(
     "/jobs/{job_id}",
     response_model=None,
     summary="A job's status, result or error, and timings",
     responses={200: {"model": JobDocument}, **error_responses(401, 404, 422, 503)},
-    openapi_extra={"security": _HOT_DOCS["security"]},
+    openapi_extra={"parameters": [_WAIT_DOCS], "security": _HOT_DOCS["security"]},
 )
-async def get_job(
-    job_id: str,
-    request: Request,
-    wait: Annotated[
-        float,
-        Query(
-            ge=0,
-            description="Long-poll: answer as soon as the job finishes, or after this many "
-            "seconds (capped at BATCHLINE_MAX_WAIT_S) with its status then.",
-        ),
-    ] = 0.0,
-) -> Response:
+async def get_job(job_id: str, request: Request) -> Response:
     gateway, owner = _caller(request)
-    return job_document(request, await gateway.poll(job_id, owner, wait))
+    return job_document(request, await gateway.poll(job_id, owner, _wait(request)))
+
+
+def _wait(request: Request) -> float:
+    """The poll's ``wait`` query parameter: seconds >= 0 (0 without one)."""
+    text = request.query_params.get("wait")
+    if text is None:
+        return 0.0
+    try:
+        wait = float(text)
+    except ValueError:
+        wait = math.nan
+    if not 0 <= wait < math.inf:
+        raise InvalidInput(
+            f"wait must be a number of seconds >= 0, got {cut(text)!r}",
+            [{"where": "query.wait", "message": "must be a number >= 0"}],
+        )
+    return wait
 
 
 @v1.delete(

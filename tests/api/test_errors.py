@@ -90,8 +90,10 @@ def test_the_synchronous_endpoint_takes_one_input(http: httpx.Client) -> None:
 
 def test_a_bad_query_or_header_is_422(http: httpx.Client) -> None:
     job = http.post("/v1/pipelines/echo/jobs", json={"input": 1}).json()
-    doc = error(http.get(job["url"], params={"wait": -1}), 422, "invalid_input")
-    assert doc["errors"][0]["where"] == "query.wait"
+    for wait in ("-1", "", "soon", "nan", "inf", "1e999"):
+        doc = error(http.get(job["url"], params={"wait": wait}), 422, "invalid_input")
+        assert doc["errors"] == [{"where": "query.wait", "message": "must be a number >= 0"}]
+    assert http.get(job["url"], params={"wait": "0.5"}).json()["id"] == job["id"]
     error(
         http.post(
             "/v1/pipelines/echo/jobs", json={"input": 1}, headers={"Idempotency-Key": "k" * 300}

@@ -84,7 +84,8 @@ def test_metrics(http: httpx.Client, workers: Callable) -> None:
     workers("echo")
     assert http.post("/v1/pipelines/echo", json={"input": 1}).status_code == 200
     http.post("/v1/pipelines/nope", json={"input": 1})
-    http.post("/v1/pipelines/greet/jobs", json={"input": {"name": "queued"}})
+    queued = http.post("/v1/pipelines/greet/jobs", json={"input": {"name": "queued"}}).json()
+    assert http.get(queued["url"]).status_code == 200
     response = http.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
@@ -98,6 +99,7 @@ def test_metrics(http: httpx.Client, workers: Callable) -> None:
     for expected in (
         'batchline_http_requests_total{method="POST",route="/v1/pipelines/{name}",status="200"} 1.0',
         'batchline_http_requests_total{method="POST",route="/v1/pipelines/{name}",status="404"} 1.0',
+        'batchline_http_requests_total{method="GET",route="/v1/jobs/{job_id}",status="200"} 1.0',
         'batchline_stage_backlog{stage="greet.greet"} 1.0',
         'batchline_stage_workers{stage="echo.echo"} 1.0',
         'batchline_jobs_submitted_total{pipeline="echo"} 1.0',
@@ -119,6 +121,10 @@ def test_openapi_docs(http: httpx.Client) -> None:
     paths = spec["paths"]
     assert set(paths["/v1/pipelines/{name}/jobs"]) == {"post"}
     assert set(paths["/v1/jobs/{job_id}"]) == {"get", "delete"}
+    poll = paths["/v1/jobs/{job_id}"]["get"]
+    wait = [p for p in poll["parameters"] if p["name"] == "wait"]
+    assert wait == [{**wait[0], "in": "query", "required": False}]
+    assert wait[0]["schema"] == {"type": "number", "minimum": 0, "default": 0}
     submit = paths["/v1/pipelines/{name}/jobs"]["post"]
     assert "input" in submit["requestBody"]["content"]["application/json"]["schema"]["properties"]
     assert {"202", "413", "422", "429", "503"} <= set(submit["responses"])
