@@ -21,6 +21,7 @@ import orjson
 
 from api.documents import MAX_RESULT_TTL_S
 from api.errors import InvalidInput, UnsupportedMediaType, cut
+from api.schemas import Check, compile_schema
 from queueing.client.core import MAX_SUBMIT_MANY
 from queueing.errors import ConfigError
 from queueing.lanes import LANES, check_lane
@@ -292,14 +293,16 @@ class SchemaChecker:
     (and again when the registry publishes a different one)."""
 
     def __init__(self) -> None:
-        self._validators: dict[str, tuple[Mapping[str, Any], Any]] = {}
+        self._validators: dict[str, tuple[Mapping[str, Any], Any, Check | None]] = {}
 
     def check(self, spec: PipelineSpec, submission: Submission) -> None:
         """InvalidInput listing each violation with where it is (``input.name``,
         ``inputs[2][0]``...)."""
         if spec.input_schema is None:
             return
-        validator = self._validator(spec)
+        validator, compiled = self._validator(spec)
+        if compiled is not None and all(compiled(value) for value in submission.inputs):
+            return  # (see api.schemas: jsonschema, below, says what is wrong)
         errors: list[dict[str, str]] = []
         for index, value in enumerate(submission.inputs):
             root = f"inputs[{index}]" if submission.many else "input"
@@ -317,12 +320,14 @@ class SchemaChecker:
                 errors,
             )
 
-    def _validator(self, spec: PipelineSpec) -> Any:
+    def _validator(self, spec: PipelineSpec) -> tuple[Any, Check | None]:
+        """jsonschema's validator of the spec's schema, and its compiled check (None if the
+        schema leaves the subset that api.schemas compiles)."""
         schema = spec.input_schema
         assert schema is not None
         cached = self._validators.get(spec.name)
         if cached is not None and cached[0] == schema:
-            return cached[1]
+            return cached[1], cached[2]
         cls = jsonschema.validators.validator_for(schema)
         try:
             cls.check_schema(schema)
@@ -331,8 +336,9 @@ class SchemaChecker:
                 f"pipeline {spec.name!r} declares an invalid input schema: {exc.message}"
             ) from None
         validator = cls(schema)
-        self._validators[spec.name] = (schema, validator)
-        return validator
+        compiled = compile_schema(schema)
+        self._validators[spec.name] = (schema, validator, compiled)
+        return validator, compiled
 
 
 def _where(root: str, path: Any) -> str:
