@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
-import redis
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
@@ -33,6 +32,7 @@ from api.routes import _caller
 from queueing.bulk import (
     BulkSpec,
     Progress,
+    RqConnection,
     UnknownBulk,
     cancel,
     document,
@@ -67,9 +67,9 @@ class BulkTooLarge(ApiError):
         )
 
 
-def _redis(request: Request, settings: Settings) -> redis.Redis:
+def _redis(request: Request, settings: Settings) -> RqConnection:
     """The gateway's client for rq, opened on first use (rq speaks to one server)."""
-    connection: redis.Redis | None = getattr(request.app.state, "bulk_redis", None)
+    connection: RqConnection | None = getattr(request.app.state, "bulk_redis", None)
     if connection is None:
         connection = request.app.state.bulk_redis = rq_connection(settings)
     return connection

@@ -17,10 +17,9 @@ import sys
 import time
 from typing import Any
 
-import redis
-
 from queueing.bulk import (
     BulkSpec,
+    RqConnection,
     cancel,
     document,
     enqueue,
@@ -42,7 +41,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env(redis_url=getattr(args, "redis_url", None))
 
 
-def _connection(settings: Settings) -> redis.Redis:
+def _connection(settings: Settings) -> RqConnection:
     return rq_connection(settings)
 
 
@@ -97,7 +96,7 @@ def bar(doc: dict[str, Any], width: int = 30) -> str:
     )
 
 
-def _follow(connection: redis.Redis, bulk_id: str) -> int:
+def _follow(connection: RqConnection, bulk_id: str) -> int:
     while True:
         doc = document(fetch(connection, bulk_id))
         end = "\n" if doc["state"] in ENDED else "\r"

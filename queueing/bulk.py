@@ -175,7 +175,12 @@ def prune_uploads(folder: str | os.PathLike[str], keep_s: float = KEEP_S) -> lis
     return removed
 
 
-def rq_connection(settings: Settings) -> redis.Redis:
+RqConnection = redis.Redis
+"""rq's connection to its (standalone) server: what :func:`rq_connection` opens, for the layers
+above to hold and hand back without importing redis-py."""
+
+
+def rq_connection(settings: Settings) -> RqConnection:
     """A plain client for rq (which speaks to one server, not a cluster) at REDIS_URL."""
     if not settings.redis_url:
         raise ConfigError("bulk jobs need a Redis server: set REDIS_URL (or pass --redis-url)")

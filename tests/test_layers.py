@@ -9,9 +9,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ABOVE_THE_QUEUE = ("api", "workers", "pipelines", "batchline")
-HOLDS_RQS_CONNECTION = {"api/bulk.py", "batchline/bulk.py"}
-"""These import redis-py for one type only: rq takes a redis-py client, which they open with
-``queueing.bulk.rq_connection`` and hand to rq and to ``queueing.bulk``."""
 
 
 def _imports_redis(path: Path) -> bool:
@@ -34,10 +31,4 @@ def test_only_the_queue_layer_imports_redis() -> None:
         for path in (ROOT / package).rglob("*.py")
         if _imports_redis(path)
     }
-    assert importers == HOLDS_RQS_CONNECTION
-
-
-def test_the_rq_connection_holders_send_no_command() -> None:
-    for name in HOLDS_RQS_CONNECTION:
-        text = (ROOT / name).read_text()
-        assert "redis." not in text.replace("redis.Redis", ""), name
+    assert importers == set()
