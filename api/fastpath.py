@@ -65,10 +65,12 @@ def _match(scope: Scope) -> tuple[Endpoint, str, str] | None:
         return None
     path: str = scope["path"]
     if scope["method"] == "GET":
+        if not path.startswith(_JOB_PREFIX):
+            return None
         job_id = path[len(_JOB_PREFIX) :]
-        if path.startswith(_JOB_PREFIX) and job_id and "/" not in job_id:
-            return routes.get_job, _JOB_PREFIX + "{job_id}", job_id
-        return None
+        if not job_id or "/" in job_id:
+            return None
+        return routes.get_job, _JOB_PREFIX + "{job_id}", job_id
     if scope["method"] != "POST" or not path.startswith(_PREFIX):
         return None
     rest = path[len(_PREFIX) :]

@@ -6,9 +6,9 @@ for 256, on every request to a pipeline that declares an input schema (more than
 the gateway's work on it). :func:`compile_schema` turns a schema made only of the keywords
 below into a function that answers valid or not (1.9 µs and 15 µs for those two arrays);
 anything else (``$ref``, ``allOf``, ``patternProperties``, a draft-04 ``$schema``...) gets
-None, and the gateway uses jsonschema itself. The compiled check only ever says "valid" where jsonschema does
-(the property test in ``tests/api/test_schemas.py`` compares the two); when it says "invalid",
-jsonschema is asked what is wrong, so the 422's messages are jsonschema's.
+None, and the gateway uses jsonschema itself. The compiled check only ever says "valid" where
+jsonschema does (the property test in ``tests/api/test_schemas.py`` compares the two); when it
+says "invalid", jsonschema is asked what is wrong, so the 422's messages are jsonschema's.
 
 The subset, with jsonschema's meaning (drafts 6 to 2020-12 agree on it):
 ``type`` (a name or a list), ``enum`` and ``const`` of strings, ``minimum``, ``maximum``,

@@ -3,7 +3,8 @@
 The hot path's three scripts run on batches of echo jobs exactly as the client and worker
 send them (the same packing functions, :mod:`queueing.scripts`), on the run's server, with
 nothing else running: SUBMIT of a batch, an ``XREADGROUP`` of it, NOTE (a batch of new
-entries begins: ``queueing/lua/note.lua``), then FINISH of every item as ``done``. For each script, from ``INFO commandstats`` deltas around each call:
+entries begins: ``queueing/lua/note.lua``), then FINISH of every item as ``done``. For each
+script, from ``INFO commandstats`` deltas around each call:
 
 * its server time per item (``EVALSHA``'s time, which includes what it calls);
 * of that, the time of the commands it calls (each command's own time: ``HSET``, ``XADD``...);

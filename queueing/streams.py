@@ -111,7 +111,8 @@ def never_started(deliveries: int) -> str:
 
 
 _START_ANSWERS = {answer.value.encode(): answer for answer in Start}
-"""START's and NOTE's replies (bytes) as :class:`Start` (a dict lookup, not an Enum call per item)."""
+"""START's and NOTE's replies (bytes) as :class:`Start` (a dict lookup, not an Enum call per
+item)."""
 
 
 def consumer_name(settings: Settings) -> str:

@@ -3,8 +3,8 @@
 -- once. Answers 1 (done here) or 0 (fenced) per item.
 --
 -- A batch of new entries goes through NOTE, not START (see start.lua): its items' jobs may
--- still be 'queued'. An item that ran (it has a timing) gets the batch's start as its job's started_at
--- if it has none, and a job handed on is 'running' from then on. The items' notes in the
+-- still be 'queued'. An item that ran (it has a timing) gets the batch's start as its job's
+-- started_at if it has none, and a job handed on is 'running' from then on. The items' notes in the
 -- stream's started hash are cleared with their acks.
 --
 -- KEYS: stream, dead-letter stream, stats, the stream's started hash, then each item's job
